@@ -1,0 +1,38 @@
+//! The pyo3 layer: small functions that borrow numpy arrays, run the pure Rust
+//! code with the GIL released, and map `CoreError` to `gridsim.exceptions`.
+
+use pyo3::prelude::*;
+
+use crate::error::CoreError;
+
+mod dgauss;
+mod fedavg;
+mod masking;
+mod merkle;
+
+/// Converts a core error into the matching exception of `gridsim.exceptions`.
+pub(crate) fn to_py_err(py: Python<'_>, err: CoreError) -> PyErr {
+    let class = match err {
+        CoreError::LengthMismatch { .. } | CoreError::InvalidArgument(_) => "InvalidInputError",
+        CoreError::Integrity(_) => "IntegrityError",
+        CoreError::Protocol(_) => "ProtocolError",
+    };
+    let exc = py
+        .import("gridsim.exceptions")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1((err.to_string(),)));
+    match exc {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(import_err) => import_err,
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    fedavg::register(m)?;
+    merkle::register(m)?;
+    dgauss::register(m)?;
+    masking::register(m)?;
+    Ok(())
+}

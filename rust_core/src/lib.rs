@@ -1,0 +1,15 @@
+//! gridsim's native core.
+//!
+//! The algorithms live in pure Rust modules with no pyo3 in them; `bind` is the
+//! thin layer that exposes them to Python as `gridsim._core` (feature `python`).
+
+pub mod dgauss;
+pub mod error;
+pub mod fedavg;
+pub mod merkle;
+pub mod prg;
+pub mod quant;
+pub mod shamir;
+
+#[cfg(feature = "python")]
+mod bind;
