@@ -1,0 +1,5 @@
+import sys
+
+from gridsim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""One FedAvg round as a transport-free state machine.
+
+The round is opened with the global model and the selected meters; updates are
+offered to it one by one (in any order, duplicates and strangers included) and
+either folded into a running f64 sum weighted by sample count or rejected with
+a reason. Closing the round yields the new global model and the record of who
+took part. Nothing here does I/O, so tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from gridsim import _core
+from gridsim.exceptions import MessageError, RoundError
+from gridsim.transport import codec
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTotals:
+    sse: float = 0.0
+    sae: float = 0.0
+    count: int = 0
+    sum_y: float = 0.0
+    naive_sse: float = 0.0
+    naive_sae: float = 0.0
+
+    def add(self, r: codec.EvalReport) -> EvalTotals:
+        return EvalTotals(
+            self.sse + r.sse, self.sae + r.sae, self.count + r.count, self.sum_y + r.sum_y,
+            self.naive_sse + r.naive_sse, self.naive_sae + r.naive_sae,
+        )
+
+    def metrics(self) -> dict[str, float] | None:
+        """MAE, RMSE and nRMSE (RMSE over mean load) in kW, or None without data."""
+        if self.count == 0:
+            return None
+        rmse = math.sqrt(self.sse / self.count)
+        mean_y = self.sum_y / self.count
+        return {
+            "mae": self.sae / self.count,
+            "rmse": rmse,
+            "nrmse": rmse / mean_y if mean_y > 0 else math.inf,
+            "naive_mae": self.naive_sae / self.count,
+            "naive_rmse": math.sqrt(self.naive_sse / self.count),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    round: int
+    train: bool
+    model: npt.NDArray[np.float32]
+    selected: list[int]
+    participants: list[int]
+    dropouts: list[int]
+    rejected: int
+    train_loss: float
+    eval: EvalTotals
+    train_s: float
+    aggregate_s: float
+
+
+class FedAvgRound:
+    def __init__(
+        self, round_: int, *, selected: list[int], model: npt.NDArray[np.float32], train: bool
+    ) -> None:
+        if not selected:
+            raise RoundError(f"round {round_} has no meters to select")
+        self.round = round_
+        self.train = train
+        self.selected = sorted(set(selected))
+        self._selected = set(self.selected)
+        self.model = model
+        self.dim = int(model.shape[0])
+        self._acc = np.zeros(self.dim, dtype=np.float64)
+        self._weight = 0
+        self._loss_sum = 0.0
+        self._answered: dict[int, int] = {}  # meter -> n_samples
+        self._eval = EvalTotals()
+        self.rejected = 0
+        self._train_s = 0.0
+        self._aggregate_s = 0.0
+        self.closed = False
+
+    def offer(self, topic_meter: int, msg: codec.Update) -> str | None:
+        """Fold one update into the round; return why it was rejected, or None if accepted."""
+        start = time.perf_counter()
+        try:
+            reason = self._check(topic_meter, msg)
+            if reason is not None:
+                self.rejected += 1
+                return reason
+            if self.train:
+                try:
+                    delta = codec.vector_from_bytes(msg.delta, self.dim)
+                except MessageError as exc:
+                    self.rejected += 1
+                    return str(exc)
+                _core.accumulate_weighted(self._acc, delta, float(msg.n_samples))
+                self._weight += msg.n_samples
+                self._loss_sum += msg.train_loss * msg.n_samples
+            self._answered[msg.meter] = msg.n_samples
+            self._eval = self._eval.add(msg.eval)
+            self._train_s = max(self._train_s, msg.train_s)
+            return None
+        finally:
+            self._aggregate_s += time.perf_counter() - start
+
+    def _check(self, topic_meter: int, msg: codec.Update) -> str | None:
+        if self.closed:
+            return f"round {self.round} is closed"
+        if msg.round != self.round:
+            return f"update for round {msg.round} while round {self.round} is open"
+        if msg.meter != topic_meter:
+            return f"meter {msg.meter} published on the topic of meter {topic_meter}"
+        if msg.meter not in self._selected:
+            return f"meter {msg.meter} was not selected for round {self.round}"
+        if msg.meter in self._answered:
+            return f"duplicate update from meter {msg.meter}"
+        if self.train and msg.n_samples <= 0:
+            return f"meter {msg.meter} trained on {msg.n_samples} samples"
+        return None
+
+    def pending(self) -> set[int]:
+        return self._selected - self._answered.keys()
+
+    @property
+    def complete(self) -> bool:
+        return not self.pending()
+
+    def close(self) -> RoundOutcome:
+        """The new global model (FedAvg weighted by samples) and the round's record."""
+        start = time.perf_counter()
+        self.closed = True
+        if self.train and self._weight > 0:
+            new = (self.model.astype(np.float64) + self._acc / self._weight).astype(np.float32)
+            loss = self._loss_sum / self._weight
+        else:
+            new, loss = self.model, math.nan
+        participants = sorted(self._answered)
+        self._aggregate_s += time.perf_counter() - start
+        return RoundOutcome(
+            round=self.round,
+            train=self.train,
+            model=new,
+            selected=self.selected,
+            participants=participants,
+            dropouts=sorted(self.pending()),
+            rejected=self.rejected,
+            train_loss=loss,
+            eval=self._eval,
+            train_s=self._train_s,
+            aggregate_s=self._aggregate_s,
+        )
+

@@ -1,0 +1,247 @@
+"""The aggregator's MQTT service: drives FedAvg rounds over the broker.
+
+Event-driven: incoming messages are decoded in the connection's task and fed
+to the open round's state machine; the driver announces a round, waits until
+every selected meter that is still online answered or the deadline passed,
+closes the round and publishes its result. After a reconnect (e.g. a broker
+restart) the open round is announced again; meters resend what they had sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+
+from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
+from gridsim.exceptions import MessageError, RoundError
+from gridsim.learning.batched import TrainConfig
+from gridsim.learning.model import model_hash
+from gridsim.transport import codec
+from gridsim.transport.broker import BrokerAddress
+from gridsim.transport.mqtt import Connection
+from gridsim.transport.topics import Topics
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatorConfig:
+    session: str
+    rounds: int
+    expected_meters: int
+    min_meters: int = 1
+    fraction: float = 1.0
+    round_timeout_s: float = 60.0
+    registration_timeout_s: float = 120.0
+    plan: TrainConfig = TrainConfig()
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class AggregatorReport:
+    outcomes: list[RoundOutcome]
+    results: list[codec.RoundResult]
+    registered: int
+    rejected_messages: int
+    model: npt.NDArray[np.float32]
+    reconnects: int
+
+
+class Aggregator:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        config: AggregatorConfig,
+        initial_model: npt.NDArray[np.float32],
+        *,
+        on_result: Callable[[codec.RoundResult], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = Topics(config.session)
+        self.model = initial_model
+        self.on_result = on_result
+        self.registered: dict[int, int] = {}  # meter -> n_train
+        self.offline: set[int] = set()
+        self.rejected_messages = 0
+        self._round: FedAvgRound | None = None
+        self._announce: bytes | None = None
+        self._changed = asyncio.Event()
+        self._rng = random.Random(config.seed)
+        self.connection = Connection(
+            address,
+            identifier=f"gridsim-{config.session}-aggregator",
+            subscriptions=[self.topics.hello_all, self.topics.update_all, self.topics.status_all],
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+        )
+
+    # -- incoming ---------------------------------------------------------------
+
+    def _reject(self, topic: str, reason: str) -> None:
+        self.rejected_messages += 1
+        log.warning("dropped a message on %s: %s", topic, reason)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic.startswith(f"{self.topics.prefix}/status/"):
+            self._on_status(topic, payload)
+            return
+        try:
+            meter = self.topics.meter_of(topic)
+            msg = codec.decode(payload)
+        except MessageError as exc:
+            self._reject(topic, str(exc))
+            return
+        if msg.session != self.config.session:
+            self._reject(topic, f"message of session {msg.session!r}")
+        elif isinstance(msg, codec.Hello) and topic == self.topics.hello(meter):
+            if msg.meter != meter:
+                self._reject(topic, f"hello from meter {msg.meter} on meter {meter}'s topic")
+                return
+            self.registered[meter] = msg.n_train
+            self.offline.discard(meter)
+            self._changed.set()
+        elif isinstance(msg, codec.Update) and topic == self.topics.update(meter):
+            rnd = self._round
+            if rnd is None:
+                self._reject(topic, f"update for round {msg.round} while no round is open")
+                return
+            reason = rnd.offer(meter, msg)
+            if reason is not None:
+                self._reject(topic, reason)
+            elif rnd.complete:
+                self._changed.set()
+        else:
+            self._reject(topic, f"unexpected {type(msg).__name__}")
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        try:
+            meter = self.topics.meter_of(topic)
+        except MessageError as exc:
+            self._reject(topic, str(exc))
+            return
+        if payload == b"offline":
+            self.offline.add(meter)
+            self._changed.set()
+        else:
+            self._reject(topic, "unknown status payload")
+
+    async def _on_connect(self) -> None:
+        if self._announce is not None:
+            # The broker may have lost the announcement (e.g. it restarted): repeat it.
+            await self.connection.publish(self.topics.round, self._announce, wait=0)
+
+    # -- driver -----------------------------------------------------------------
+
+    async def _wait_changed(self, timeout: float) -> None:
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+        except TimeoutError:
+            pass
+
+    async def _register(self) -> None:
+        cfg = self.config
+        deadline = time.monotonic() + cfg.registration_timeout_s
+        while len(self.registered) < cfg.expected_meters and time.monotonic() < deadline:
+            await self._wait_changed(deadline - time.monotonic())
+        if len(self.registered) < cfg.min_meters:
+            raise RoundError(
+                f"only {len(self.registered)} of at least {cfg.min_meters} meters registered "
+                f"within {cfg.registration_timeout_s:.0f} s"
+            )
+        log.info("%d meters registered", len(self.registered))
+
+    def _select(self, train: bool) -> list[int]:
+        online = sorted(m for m in self.registered if m not in self.offline)
+        if not train or self.config.fraction >= 1.0:
+            return online
+        k = max(self.config.min_meters, math.ceil(self.config.fraction * len(online)))
+        return sorted(self._rng.sample(online, min(k, len(online))))
+
+    async def _run_round(self, number: int, train: bool) -> RoundOutcome:
+        cfg = self.config
+        selected = self._select(train)
+        rnd = FedAvgRound(number, selected=selected, model=self.model, train=train)
+        announce = codec.RoundAnnounce(
+            v=codec.WIRE_VERSION,
+            session=cfg.session,
+            round=number,
+            train=train,
+            selected=selected,
+            deadline_s=cfg.round_timeout_s,
+            plan=codec.TrainPlan(cfg.plan.local_epochs, cfg.plan.batch_size, cfg.plan.lr),
+            model=codec.vector_to_bytes(self.model),
+        )
+        started = time.perf_counter()
+        self._round, self._announce = rnd, codec.encode(announce)
+        await self.connection.publish(self.topics.round, self._announce)
+        deadline = time.monotonic() + cfg.round_timeout_s
+        while time.monotonic() < deadline:
+            if not (rnd.pending() - self.offline):
+                break
+            await self._wait_changed(deadline - time.monotonic())
+        outcome = rnd.close()
+        self._round = None
+        self._announce = None
+        wall = time.perf_counter() - started
+        self.model = outcome.model
+        await self._publish_result(outcome, wall)
+        return outcome
+
+    async def _publish_result(self, outcome: RoundOutcome, wall: float) -> None:
+        metrics = outcome.eval.metrics() or {}
+        result = codec.RoundResult(
+            v=codec.WIRE_VERSION,
+            session=self.config.session,
+            round=outcome.round,
+            train=outcome.train,
+            selected=len(outcome.selected),
+            participants=outcome.participants,
+            dropouts=outcome.dropouts,
+            rejected=outcome.rejected,
+            train_loss=outcome.train_loss,
+            mae=metrics.get("mae"),
+            rmse=metrics.get("rmse"),
+            nrmse=metrics.get("nrmse"),
+            naive_rmse=metrics.get("naive_rmse"),
+            model_hash=model_hash(outcome.model),
+            wall_s=wall,
+            train_s=outcome.train_s,
+            aggregate_s=outcome.aggregate_s,
+        )
+        self.results.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        await self.connection.publish(self.topics.results, codec.encode(result), retain=True)
+
+    async def run(self) -> AggregatorReport:
+        """Register meters, run the training rounds and a final evaluation, then stop meters."""
+        self.results: list[codec.RoundResult] = []
+        outcomes: list[RoundOutcome] = []
+        self.connection.start()
+        try:
+            await self._register()
+            for number in range(self.config.rounds):
+                outcomes.append(await self._run_round(number, train=True))
+            # A last round that only evaluates the final model on every meter.
+            outcomes.append(await self._run_round(self.config.rounds, train=False))
+            stop = codec.Stop(v=codec.WIRE_VERSION, session=self.config.session, reason="done")
+            await self.connection.publish(self.topics.control, codec.encode(stop), wait=10)
+        finally:
+            await self.connection.close()
+        return AggregatorReport(
+            outcomes=outcomes,
+            results=self.results,
+            registered=len(self.registered),
+            rejected_messages=self.rejected_messages,
+            model=self.model,
+            reconnects=max(0, self.connection.connects - 1),
+        )

@@ -1,0 +1,237 @@
+"""The command line: ``python -m gridsim {run,meters,aggregator,broker,bench}``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gridsim.config import RunConfig
+from gridsim.exceptions import ConfigError, GridsimError
+
+log = logging.getLogger("gridsim")
+
+
+def _parse_ids(text: str) -> list[int]:
+    """``0-99,200,300-310`` to a sorted list of meter ids."""
+    ids: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if sep else int(lo)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            ids.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad meter id list {text!r} (e.g. 0-4999,6000)") from None
+    return sorted(ids)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of data, model and dropouts")
+    p.add_argument("--session", default=d.session, help="session name shared by all processes")
+    p.add_argument("--days", type=int, default=d.days, help="days of load history per meter")
+    p.add_argument("--test-days", type=int, default=d.test_days, help="held-out days per meter")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_training(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument("--rounds", type=int, default=d.rounds, help="federated training rounds")
+    p.add_argument("--fraction", type=float, default=d.fraction, help="meters selected per round")
+    p.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
+    p.add_argument("--round-timeout", type=float, default=d.round_timeout_s,
+                   help="seconds a round waits for late meters before counting them as dropouts")
+    p.add_argument("--registration-timeout", type=float, default=d.registration_timeout_s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridsim", description="Privacy-preserving smart-grid edge simulator."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run broker, meters and aggregator on this machine")
+    run.add_argument("--meters", type=int, default=RunConfig().meters)
+    run.add_argument("--broker", help="mqtt[s]://[user:pass@]host:port (default: a private one)")
+    run.add_argument("--broker-kind", choices=["auto", "mosquitto", "amqtt"], default="auto",
+                     help="which private broker to start (auto: Mosquitto if installed)")
+    run.add_argument("--workers", type=int, default=1, help="processes to spread meters over")
+    run.add_argument("--dropout", type=float, default=0.0,
+                     help="probability that a selected meter vanishes in a round (testing)")
+    run.add_argument("--no-centralized", action="store_true",
+                     help="skip the centralised baseline (trained on pooled data)")
+    run.add_argument("--out", help="output folder (default runs/<timestamp>/)")
+    _add_common(run)
+    _add_training(run)
+
+    meters = sub.add_parser("meters", help="run meter agents against an existing broker")
+    meters.add_argument("--broker", required=True)
+    meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
+    meters.add_argument("--dropout", type=float, default=0.0)
+    _add_common(meters)
+
+    agg = sub.add_parser("aggregator", help="run the aggregator against an existing broker")
+    agg.add_argument("--broker", required=True)
+    agg.add_argument("--meters", type=int, required=True, help="meters to wait for")
+    agg.add_argument("--min-meters", type=int, help="start with this many if not all came")
+    agg.add_argument("--out", help="folder for summary.json and rounds.csv")
+    _add_common(agg)
+    _add_training(agg)
+
+    broker = sub.add_parser("broker", help="run Mosquitto with broker/mosquitto.conf")
+    broker.add_argument("--config", type=Path, help="config file (default broker/mosquitto.conf)")
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints one JSON document")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    from gridsim.bench import BENCHMARKS
+
+    for name in BENCHMARKS:
+        try:
+            module = importlib.import_module(f"gridsim.bench.{name}")
+        except ImportError:
+            continue  # a benchmark whose module is not part of this build
+        bp = bench_sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(bp)
+    return parser
+
+
+def _run_config(args: argparse.Namespace, **extra: object) -> RunConfig:
+    return RunConfig(
+        meters=getattr(args, "meters", 1),
+        rounds=getattr(args, "rounds", 1),
+        seed=args.seed,
+        broker=getattr(args, "broker", None),
+        broker_kind=getattr(args, "broker_kind", "auto"),
+        session=args.session,
+        workers=getattr(args, "workers", 1),
+        dropout=getattr(args, "dropout", 0.0),
+        fraction=getattr(args, "fraction", 1.0),
+        days=args.days,
+        test_days=args.test_days,
+        local_epochs=getattr(args, "local_epochs", 1),
+        batch_size=getattr(args, "batch_size", 32),
+        lr=getattr(args, "lr", 3e-3),
+        round_timeout_s=getattr(args, "round_timeout", 60.0),
+        registration_timeout_s=getattr(args, "registration_timeout", 120.0),
+        centralized_baseline=not getattr(args, "no_centralized", False),
+        out=getattr(args, "out", None),
+    ).validate()
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gridsim.run import run
+
+    summary = run(_run_config(args))
+    m, b = summary["metrics"], summary["baselines"]
+    central = b["centralized"]["rmse"] if b["centralized"] else None
+    print(
+        f"{summary['rounds_completed']} rounds with {summary['meters']} meters in "
+        f"{summary['wall_s']:.1f} s: RMSE {m['rmse']:.4f} kW (nRMSE {m['nrmse']:.3f}); "
+        f"seasonal-naive {b['seasonal_naive']['rmse']:.4f}"
+        + (f", centralised {central:.4f}" if central is not None else "")
+        + f". Results in {Path(summary.get('out', args.out or '')) or 'runs/'}"
+    )
+    return 0
+
+
+def _cmd_meters(args: argparse.Namespace) -> int:
+    from gridsim.run import serve_meters
+    from gridsim.transport.broker import parse_broker_url, raise_open_file_limit
+
+    if not args.session:
+        raise ConfigError("--session is required so meters and aggregator find each other")
+    cfg = _run_config(args, meters=len(args.ids))
+    raise_open_file_limit()
+    stats = asyncio.run(serve_meters(args.ids, parse_broker_url(args.broker), args.session, cfg))
+    print(json.dumps(stats))
+    return 0
+
+
+def _cmd_aggregator(args: argparse.Namespace) -> int:
+    from gridsim.aggregator.service import Aggregator, AggregatorConfig
+    from gridsim.learning.batched import TrainConfig
+    from gridsim.learning.model import initial_parameters
+    from gridsim.progress import Progress
+    from gridsim.transport.broker import parse_broker_url
+
+    if not args.session:
+        raise ConfigError("--session is required so meters and aggregator find each other")
+    cfg = _run_config(args)
+    agg_cfg = AggregatorConfig(
+        session=args.session, rounds=cfg.rounds, expected_meters=args.meters,
+        min_meters=args.min_meters or args.meters, fraction=cfg.fraction,
+        round_timeout_s=cfg.round_timeout_s, registration_timeout_s=cfg.registration_timeout_s,
+        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr), seed=cfg.seed,
+    )
+    progress = Progress(cfg.rounds, args.meters)
+    agg = Aggregator(parse_broker_url(args.broker), agg_cfg, initial_parameters(cfg.seed),
+                     on_result=progress.round_done)
+    report = asyncio.run(agg.run())
+    progress.close()
+    final = report.results[-1]
+    summary = {"rounds_completed": sum(r.train for r in report.results),
+               "registered": report.registered,
+               "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
+               "model_hash": final.model_hash}
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from gridsim.transport.broker import CONFIG_TEMPLATE, raise_open_file_limit
+
+    exe = shutil.which("mosquitto")
+    if exe is None:
+        raise GridsimError("mosquitto is not installed (apt-get install mosquitto)")
+    raise_open_file_limit()
+    config = str(args.config or CONFIG_TEMPLATE)
+    os.execv(exe, [exe, "-c", config])
+    return 1  # not reached
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"gridsim.bench.{args.bench}")
+    result = module.run(args)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "meters": _cmd_meters,
+    "aggregator": _cmd_aggregator,
+    "broker": _cmd_broker,
+    "bench": _cmd_bench,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("gridsim.transport.mqtt").setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("gridsim: interrupted", file=sys.stderr)
+        return 130
+    except GridsimError as exc:
+        print(f"gridsim: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,58 @@
+"""The resolved configuration of a run, written to ``OUT/config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from gridsim.exceptions import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    meters: int = 500
+    rounds: int = 10
+    seed: int = 0
+    broker: str | None = None
+    broker_kind: str = "auto"
+    session: str | None = None
+    workers: int = 1
+    dropout: float = 0.0
+    fraction: float = 1.0
+    days: int = 28
+    test_days: int = 7
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 3e-3
+    round_timeout_s: float = 60.0
+    registration_timeout_s: float = 120.0
+    centralized_baseline: bool = True
+    out: str | None = None
+
+    def validate(self) -> RunConfig:
+        checks = [
+            (self.meters >= 1, "--meters must be at least 1"),
+            (self.rounds >= 1, "--rounds must be at least 1"),
+            (1 <= self.workers <= 256, "--workers must be between 1 and 256"),
+            (self.workers <= self.meters, "--workers must not exceed --meters"),
+            (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (0.0 < self.fraction <= 1.0, "--fraction must be in (0, 1]"),
+            (self.test_days >= 1, "--test-days must be at least 1"),
+            (self.days >= self.test_days + 2, "--days must exceed --test-days by at least 2"),
+            (self.local_epochs >= 1, "--local-epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (0.0 < self.lr <= 10.0, "--lr must be in (0, 10]"),
+            (self.round_timeout_s > 0, "--round-timeout must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")

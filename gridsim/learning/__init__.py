@@ -1,0 +1,1 @@
+"""Load forecasting: windows, the model, batched local training, evaluation."""

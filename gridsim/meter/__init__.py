@@ -1,0 +1,1 @@
+"""The meter side: one asyncio agent per smart meter, sharing a batched trainer."""

@@ -1,0 +1,127 @@
+"""Batches the local training of all meters of one process.
+
+Meters are separate agents in the protocol, but their compute is shared: each
+agent asks the pool for its update, the pool waits until every local meter that
+takes part in the round has asked (or a short linger passes, for meters that
+are offline), trains all of them in one batched step and hands each agent its
+own result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+import numpy as np
+import numpy.typing as npt
+
+from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
+from gridsim.learning.model import Forecaster, ParamLayout
+from gridsim.learning.windows import MeterWindows
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeterAnswer:
+    delta: npt.NDArray[np.float32] | None  # None when the round only evaluates
+    n_samples: int
+    train_loss: float
+    train_s: float
+    eval: EvalSums
+
+
+@dataclasses.dataclass
+class _Batch:
+    round: int
+    train: bool
+    model: npt.NDArray[np.float32]
+    plan: TrainConfig
+    expected: int
+    waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
+    arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+class TrainingPool:
+    def __init__(self, data: MeterWindows, *, seed: int, linger_s: float = 0.25) -> None:
+        self.data = data
+        self.seed = seed
+        self.linger_s = linger_s
+        self._row = {int(m): i for i, m in enumerate(data.meter_ids)}
+        self.layout_dim = ParamLayout(Forecaster()).dim
+        self._trainers: dict[TrainConfig, BatchedTrainer] = {}
+        self._batches: dict[tuple[int, bool], _Batch] = {}
+        self._compute = asyncio.Lock()
+
+    def local(self, meters: list[int]) -> list[int]:
+        return [m for m in meters if m in self._row]
+
+    async def request(
+        self,
+        meter: int,
+        *,
+        round_: int,
+        train: bool,
+        model: npt.NDArray[np.float32],
+        plan: TrainConfig,
+        expected: int,
+    ) -> MeterAnswer:
+        """This meter's update for the round; resolves once its batch has run."""
+        key = (round_, train)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = _Batch(round_, train, model, plan, max(expected, 1))
+            self._batches[key] = batch
+            asyncio.get_running_loop().create_task(self._run_batch(key, batch))
+        fut = batch.waiting.get(meter)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            batch.waiting[meter] = fut
+            batch.arrived.set()
+        return await asyncio.shield(fut)
+
+    async def _run_batch(self, key: tuple[int, bool], batch: _Batch) -> None:
+        # Wait for every expected meter, but not for ever: a meter may be offline.
+        while len(batch.waiting) < batch.expected:
+            batch.arrived.clear()
+            try:
+                await asyncio.wait_for(batch.arrived.wait(), self.linger_s)
+            except TimeoutError:
+                break
+        del self._batches[key]
+        meters = sorted(batch.waiting)
+        rows = np.array([self._row[m] for m in meters], dtype=np.int64)
+        try:
+            async with self._compute:
+                answers = await asyncio.to_thread(self._compute_batch, batch, rows)
+        except Exception as exc:
+            log.exception("local training of %d meters failed", len(meters))
+            for fut in batch.waiting.values():
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for meter, answer in zip(meters, answers, strict=True):
+            fut = batch.waiting[meter]
+            if not fut.done():
+                fut.set_result(answer)
+
+    def _compute_batch(self, batch: _Batch, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
+        data = self.data.select(rows)
+        trainer = self._trainers.get(batch.plan)
+        if trainer is None:
+            trainer = self._trainers[batch.plan] = BatchedTrainer(batch.plan)
+        evals = trainer.evaluate(batch.model, data)
+        if not batch.train:
+            return [MeterAnswer(None, 0, 0.0, 0.0, e) for e in evals]
+        result = trainer.train(batch.model, data, seed=self.seed, round_=batch.round)
+        return [
+            MeterAnswer(
+                delta=result.delta[i],
+                n_samples=int(result.n_samples[i]),
+                train_loss=float(result.train_loss[i]),
+                train_s=result.train_s,
+                eval=evals[i],
+            )
+            for i in range(len(rows))
+        ]

@@ -1,0 +1,252 @@
+"""``python -m gridsim run``: broker, meters, aggregator and results on one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import resource
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gridsim.aggregator.service import Aggregator, AggregatorConfig, AggregatorReport
+from gridsim.config import RunConfig
+from gridsim.data.households import generate_households
+from gridsim.learning.batched import TrainConfig
+from gridsim.learning.centralized import train_centralized
+from gridsim.learning.model import initial_parameters
+from gridsim.learning.windows import MeterWindows, make_windows
+from gridsim.meter.agent import run_fleet
+from gridsim.meter.training_pool import TrainingPool
+from gridsim.progress import Progress
+from gridsim.transport import codec
+from gridsim.transport.broker import BrokerAddress, broker_for_run, raise_open_file_limit
+
+log = logging.getLogger(__name__)
+
+
+def meter_windows(meters: list[int], cfg: RunConfig) -> MeterWindows:
+    load = generate_households(meters, days=cfg.days, seed=cfg.seed)
+    return make_windows(load, test_days=cfg.test_days)
+
+
+async def serve_meters(
+    meters: list[int], address: BrokerAddress, session: str, cfg: RunConfig,
+    stop: asyncio.Event | None = None,
+) -> dict[str, int]:
+    """Run the agents of ``meters`` in this process until the aggregator stops them."""
+    pool = TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
+    return await run_fleet(
+        meters, address=address, session=session, pool=pool, seed=cfg.seed,
+        dropout=cfg.dropout, stop=stop or asyncio.Event(),
+    )
+
+
+def _worker_main(meters: list[int], url: str, session: str, cfg: RunConfig, threads: int) -> None:
+    from gridsim.transport.broker import parse_broker_url
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    raise_open_file_limit()
+    asyncio.run(serve_meters(meters, parse_broker_url(url), session, cfg))
+
+
+def split_meters(meters: int, workers: int) -> list[list[int]]:
+    return [list(range(meters))[i::workers] for i in range(workers)]
+
+
+def default_out_dir() -> Path:
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _peak_rss_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, children) / 1024.0
+
+
+async def run_federation(
+    cfg: RunConfig, address: BrokerAddress, session: str, progress: Progress | None = None
+) -> tuple[AggregatorReport, dict[str, int]]:
+    """The aggregator in this process, meters here or in ``cfg.workers`` processes."""
+    agg_cfg = AggregatorConfig(
+        session=session,
+        rounds=cfg.rounds,
+        expected_meters=cfg.meters,
+        min_meters=max(1, math.ceil(cfg.meters * 0.5)),
+        fraction=cfg.fraction,
+        round_timeout_s=cfg.round_timeout_s,
+        registration_timeout_s=cfg.registration_timeout_s,
+        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        seed=cfg.seed,
+    )
+    aggregator = Aggregator(
+        address, agg_cfg, initial_parameters(cfg.seed),
+        on_result=progress.round_done if progress else None,
+    )
+    agg_task = asyncio.create_task(aggregator.run())
+    stop = asyncio.Event()
+    procs: list[Any] = []
+    fleet_task: asyncio.Task[dict[str, int]] | None = None
+    try:
+        if cfg.workers == 1:
+            fleet_task = asyncio.create_task(
+                serve_meters(list(range(cfg.meters)), address, session, cfg, stop)
+            )
+        else:
+            ctx = mp.get_context("spawn")
+            threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+            for chunk in split_meters(cfg.meters, cfg.workers):
+                p = ctx.Process(
+                    target=_worker_main, args=(chunk, address.url, session, cfg, threads),
+                    daemon=True,
+                )
+                p.start()
+                procs.append(p)
+        wait_on: list[asyncio.Future[Any]] = [agg_task]
+        if fleet_task is not None:
+            wait_on.append(fleet_task)
+        done, _ = await asyncio.wait(wait_on, return_when=asyncio.FIRST_COMPLETED)
+        if fleet_task in done and not agg_task.done():
+            fleet_task.result()  # raises what killed the meters
+            raise RuntimeError("meters stopped before the aggregator finished")
+        report = await agg_task
+        fleet_stats: dict[str, int] = {}
+        if fleet_task is not None:
+            try:
+                fleet_stats = await asyncio.wait_for(fleet_task, 30)
+            except TimeoutError:
+                stop.set()
+                fleet_stats = await fleet_task
+        return report, fleet_stats
+    finally:
+        stop.set()
+        for task in (agg_task, fleet_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
+
+
+def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
+    """One row per training round; the eval columns measure the model that round produced."""
+    rows = []
+    train_results = [r for r in results if r.train]
+    for i, r in enumerate(train_results):
+        nxt = results[i + 1] if i + 1 < len(results) else None
+        rows.append({
+            "round": r.round,
+            "selected": r.selected,
+            "participants": len(r.participants),
+            "dropouts": len(r.dropouts),
+            "rejected": r.rejected,
+            "train_loss": r.train_loss,
+            "mae": nxt.mae if nxt else None,
+            "rmse": nxt.rmse if nxt else None,
+            "nrmse": nxt.nrmse if nxt else None,
+            "wall_s": r.wall_s,
+            "train_s": r.train_s,
+            "aggregate_s": r.aggregate_s,
+            "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
+            "model_hash": r.model_hash,
+        })
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        if not rows:
+            return
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return value
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run the whole system once; write OUT/ and return the summary."""
+    cfg.validate()
+    out = Path(cfg.out) if cfg.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    session = cfg.session or f"run-{secrets.token_hex(4)}"
+    cfg = dataclasses.replace(cfg, out=str(out), session=session)
+    cfg.write(out / "config.json")
+    raise_open_file_limit()
+    progress = Progress(cfg.rounds, cfg.meters, stream=sys.stderr)
+    started = time.perf_counter()
+    with broker_for_run(cfg.broker, cfg.broker_kind) as address:
+        log.info("broker %s, session %s, out %s", address.redacted_url, session, out)
+        report, fleet = asyncio.run(run_federation(cfg, address, session, progress))
+    wall = time.perf_counter() - started
+    progress.close()
+
+    rows = _rounds_table(report.results)
+    _write_csv(out / "rounds.csv", rows)
+    np.save(out / "model.npy", report.model)
+    final = report.results[-1]
+    baselines: dict[str, Any] = {"seasonal_naive": {"rmse": final.naive_rmse}}
+    if cfg.centralized_baseline:
+        data = meter_windows(list(range(cfg.meters)), cfg)
+        _, central = train_centralized(
+            data, initial_parameters(cfg.seed), epochs=cfg.rounds * cfg.local_epochs,
+            seed=cfg.seed,
+        )
+        baselines["centralized"] = {k: central[k] for k in ("mae", "rmse", "nrmse")}
+    else:
+        baselines["centralized"] = None
+    train_results = [r for r in report.results if r.train]
+    summary = {
+        "meters": cfg.meters,
+        "registered": report.registered,
+        "rounds": cfg.rounds,
+        "rounds_completed": len(train_results),
+        "wall_s": wall,
+        "session": session,
+        "out": str(out),
+        "seed": cfg.seed,
+        "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
+        "initial_metrics": {
+            "mae": report.results[0].mae, "rmse": report.results[0].rmse,
+            "nrmse": report.results[0].nrmse,
+        },
+        "baselines": baselines,
+        "participants_per_round": [len(r.participants) for r in train_results],
+        "dropouts_per_round": [len(r.dropouts) for r in train_results],
+        "rejected_messages": report.rejected_messages,
+        "aggregator_reconnects": report.reconnects,
+        "model_hash": final.model_hash,
+        "peak_rss_mb": _peak_rss_mb(),
+        "meter_stats": fleet,
+    }
+    summary = _clean(summary)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

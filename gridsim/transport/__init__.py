@@ -1,0 +1,1 @@
+"""MQTT transport: wire codec, topics, brokers and connection handling."""

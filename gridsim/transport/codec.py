@@ -1,0 +1,146 @@
+"""The wire format: versioned, typed msgpack messages, validated on decode.
+
+Every message is a msgspec ``Struct`` tagged with its type and carrying the
+wire version ``v``. Decoding checks the size limit before parsing, the schema
+while parsing, and value constraints after; anything that fails raises
+:class:`~gridsim.exceptions.MessageError` with a one-line reason, so callers can
+log and drop it without special cases.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from gridsim.exceptions import MessageError
+
+WIRE_VERSION: Final = 1
+# The largest message we accept: a model of a few million float32 parameters.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+MeterId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+RoundNo = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Session = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    v: int
+    session: Session
+
+    def __post_init__(self) -> None:
+        if self.v != WIRE_VERSION:
+            raise ValueError(f"unsupported wire version {self.v} (this side speaks {WIRE_VERSION})")
+
+
+class Hello(Message, tag="hello", frozen=True):
+    """A meter announces itself (and again after every reconnect)."""
+
+    meter: MeterId
+    n_train: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    local_epochs: Annotated[int, msgspec.Meta(ge=1, le=100)]
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)]
+    lr: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
+
+
+class RoundAnnounce(Message, tag="announce", frozen=True):
+    """The aggregator opens a round: the global model, who takes part, until when.
+
+    ``train`` False asks only for an evaluation of ``model`` (the final round).
+    """
+
+    round: RoundNo
+    train: bool
+    selected: list[MeterId]
+    deadline_s: Annotated[float, msgspec.Meta(gt=0.0, le=86400.0)]
+    plan: TrainPlan
+    model: bytes  # float32 little-endian
+
+
+class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Error sums of the announced model on the meter's held-out days (kW units)."""
+
+    sse: NonNegFloat
+    sae: NonNegFloat
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    sum_y: NonNegFloat
+    naive_sse: NonNegFloat
+    naive_sae: NonNegFloat
+
+
+class Update(Message, tag="update", frozen=True):
+    """A meter's answer to a round: its model delta (empty for evaluation) and eval sums."""
+
+    round: RoundNo
+    meter: MeterId
+    n_samples: Annotated[int, msgspec.Meta(ge=0)]
+    train_loss: NonNegFloat
+    train_s: NonNegFloat
+    delta: bytes  # float32 little-endian, empty when the round did not train
+    eval: EvalReport
+
+
+class RoundResult(Message, tag="result", frozen=True):
+    """What a completed round produced, published on the results topic."""
+
+    round: RoundNo
+    train: bool
+    selected: int
+    participants: list[MeterId]
+    dropouts: list[MeterId]
+    rejected: int
+    train_loss: float
+    mae: float | None
+    rmse: float | None
+    nrmse: float | None
+    naive_rmse: float | None
+    model_hash: str
+    wall_s: float
+    train_s: float
+    aggregate_s: float
+
+
+class Stop(Message, tag="stop", frozen=True):
+    """The run is over; meters disconnect and exit."""
+
+    reason: str
+
+
+AnyMessage = Hello | RoundAnnounce | Update | RoundResult | Stop
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(msg: AnyMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(payload: bytes | bytearray, *, max_bytes: int = MAX_MESSAGE_BYTES) -> AnyMessage:
+    """Parse and validate one wire message; raise MessageError with the reason if it is bad."""
+    if len(payload) > max_bytes:
+        raise MessageError(f"message of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"malformed message: {exc}") from None
+
+
+def vector_to_bytes(vec: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(data: bytes, dim: int) -> npt.NDArray[np.float32]:
+    """A float32 vector of exactly ``dim`` finite entries, or MessageError."""
+    if len(data) != 4 * dim:
+        raise MessageError(f"vector of {len(data)} bytes, expected {4 * dim} ({dim} float32)")
+    vec = np.frombuffer(data, dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(vec)):
+        raise MessageError("vector holds NaN or infinite values")
+    return vec

@@ -1,0 +1,159 @@
+"""A thin, self-healing MQTT connection over aiomqtt.
+
+:class:`Connection` keeps one client connected for as long as it runs:
+after a broker restart or a network fault it reconnects with jittered
+exponential backoff, subscribes again and calls ``on_connect`` so the owner can
+re-send what the broker lost. Every incoming payload is handed to ``on_message``
+from the connection's own task; a handler's exception is logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiomqtt
+
+from gridsim.transport.broker import BrokerAddress
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], Awaitable[None] | None]
+
+
+class Backoff:
+    """Exponential backoff with full jitter, so reconnecting meters spread out."""
+
+    def __init__(self, initial: float = 0.2, maximum: float = 5.0, rng: random.Random | None = None):
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        cap = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(cap / 2, cap)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Connection:
+    def __init__(
+        self,
+        address: BrokerAddress,
+        identifier: str,
+        subscriptions: Sequence[str],
+        on_message: MessageHandler,
+        *,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        will: aiomqtt.Will | None = None,
+        keepalive: int = 30,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.address = address
+        self.identifier = identifier
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.will = will
+        self.keepalive = keepalive
+        self.backoff = backoff or Backoff()
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._client: aiomqtt.Client | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _make_client(self) -> aiomqtt.Client:
+        tls_params = aiomqtt.TLSParameters() if self.address.tls else None
+        return aiomqtt.Client(
+            self.address.host,
+            self.address.port,
+            username=self.address.username,
+            password=self.address.password,
+            identifier=self.identifier,
+            will=self.will,
+            keepalive=self.keepalive,
+            clean_session=True,
+            tls_params=tls_params,
+            timeout=30,
+            logger=log,
+        )
+
+    async def run(self) -> None:
+        """Stay connected until :meth:`close`; reconnect after every failure."""
+        while not self._closing:
+            try:
+                async with self._make_client() as client:
+                    for topic in self.subscriptions:
+                        await client.subscribe(topic, qos=1)
+                    self._client = client
+                    self.connects += 1
+                    self.backoff.reset()
+                    self.connected.set()
+                    if self.on_connect is not None:
+                        await self.on_connect()
+                    async for message in client.messages:
+                        await self._dispatch(str(message.topic), message.payload)
+            except aiomqtt.MqttError as exc:
+                if not self._closing:
+                    log.info("%s: connection lost (%s); reconnecting", self.identifier, exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+            if not self._closing:
+                await asyncio.sleep(self.backoff.next())
+
+    async def _dispatch(self, topic: str, payload: object) -> None:
+        if not isinstance(payload, bytes | bytearray):
+            log.warning("%s: dropped a non-binary payload on %s", self.identifier, topic)
+            return
+        try:
+            result = self.on_message(topic, bytes(payload))
+            if result is not None:
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: handler failed on a message from %s", self.identifier, topic)
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                      wait: float | None = None) -> bool:
+        """Publish, waiting up to ``wait`` seconds for a connection (forever if None).
+
+        Returns False if the message could not be handed to the broker; callers
+        that must not lose it re-send from their ``on_connect`` hook.
+        """
+        if not self.connected.is_set():
+            try:
+                await asyncio.wait_for(self.connected.wait(), wait)
+            except TimeoutError:
+                return False
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.info("%s: publish to %s failed (%s)", self.identifier, topic, exc)
+            return False
+        return True
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the connection in a task of its own."""
+        self._task = asyncio.create_task(self.run(), name=f"mqtt-{self.identifier}")
+        return self._task
+
+    async def close(self) -> None:
+        """Disconnect cleanly (the broker does not publish the will) and stop reconnecting."""
+        self._closing = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await task
