@@ -126,7 +126,8 @@ async def run_federation(
         fleet_stats: dict[str, int] = {}
         if fleet_task is not None:
             try:
-                fleet_stats = await asyncio.wait_for(fleet_task, 30)
+                # Meters stop on the aggregator's Stop; one that missed it is stopped here.
+                fleet_stats = await asyncio.wait_for(asyncio.shield(fleet_task), 5)
             except TimeoutError:
                 stop.set()
                 fleet_stats = await fleet_task

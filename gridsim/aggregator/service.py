@@ -17,17 +17,18 @@ import random
 import time
 from collections.abc import Callable
 
+import numpy as np
+import numpy.typing as npt
+
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
 from gridsim.exceptions import MessageError, RoundError
 from gridsim.learning.batched import TrainConfig
 from gridsim.learning.model import model_hash
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
+from gridsim.transport.droplog import DropLog
 from gridsim.transport.mqtt import Connection
 from gridsim.transport.topics import Topics
-
-import numpy as np
-import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class Aggregator:
         self.registered: dict[int, int] = {}  # meter -> n_train
         self.offline: set[int] = set()
         self.rejected_messages = 0
+        self.results: list[codec.RoundResult] = []
+        self._drops = DropLog(log)
         self._round: FedAvgRound | None = None
         self._announce: bytes | None = None
         self._changed = asyncio.Event()
@@ -87,7 +90,7 @@ class Aggregator:
 
     def _reject(self, topic: str, reason: str) -> None:
         self.rejected_messages += 1
-        log.warning("dropped a message on %s: %s", topic, reason)
+        self._drops.drop("aggregator", topic, reason)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.startswith(f"{self.topics.prefix}/status/"):
@@ -136,7 +139,7 @@ class Aggregator:
     async def _on_connect(self) -> None:
         if self._announce is not None:
             # The broker may have lost the announcement (e.g. it restarted): repeat it.
-            await self.connection.publish(self.topics.round, self._announce, wait=0)
+            await self.connection.publish(self.topics.round, self._announce, retain=True, wait=0)
 
     # -- driver -----------------------------------------------------------------
 
@@ -182,7 +185,8 @@ class Aggregator:
         )
         started = time.perf_counter()
         self._round, self._announce = rnd, codec.encode(announce)
-        await self.connection.publish(self.topics.round, self._announce)
+        # Retained, so a meter that (re)connects mid-round learns of it at once.
+        await self.connection.publish(self.topics.round, self._announce, retain=True)
         deadline = time.monotonic() + cfg.round_timeout_s
         while time.monotonic() < deadline:
             if not (rnd.pending() - self.offline):
@@ -224,15 +228,17 @@ class Aggregator:
 
     async def run(self) -> AggregatorReport:
         """Register meters, run the training rounds and a final evaluation, then stop meters."""
-        self.results: list[codec.RoundResult] = []
         outcomes: list[RoundOutcome] = []
         self.connection.start()
         try:
+            # Clear what an earlier run of this session may have left retained.
+            await self.connection.publish(self.topics.round, b"", retain=True)
             await self._register()
             for number in range(self.config.rounds):
                 outcomes.append(await self._run_round(number, train=True))
             # A last round that only evaluates the final model on every meter.
             outcomes.append(await self._run_round(self.config.rounds, train=False))
+            await self.connection.publish(self.topics.round, b"", retain=True, wait=10)
             stop = codec.Stop(v=codec.WIRE_VERSION, session=self.config.session, reason="done")
             await self.connection.publish(self.topics.control, codec.encode(stop), wait=10)
         finally:

@@ -14,10 +14,13 @@ from gridsim.meter.dropout import vanishes
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
+from gridsim.transport.droplog import DropLog
 from gridsim.transport.mqtt import Connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
+# One limiter for all meters of a process: garbage reaches every meter at once.
+DROPS = DropLog(log)
 
 
 class MeterAgent:
@@ -64,23 +67,25 @@ class MeterAgent:
         await self.connection.publish(self.topics.hello(self.meter), codec.encode(hello), wait=0)
 
     async def _on_message(self, topic: str, payload: bytes) -> None:
+        if not payload:
+            return  # the aggregator clearing a retained message
         try:
             msg = codec.decode(payload)
         except MessageError as exc:
-            self.rejected_messages += 1
-            log.warning("meter %d: dropped a message on %s: %s", self.meter, topic, exc)
+            self._drop(topic, str(exc))
             return
         if msg.session != self.session:
-            self.rejected_messages += 1
-            log.warning("meter %d: dropped a message of session %r", self.meter, msg.session)
-            return
-        if isinstance(msg, codec.Stop) and topic == self.topics.control:
+            self._drop(topic, f"message of session {msg.session!r}")
+        elif isinstance(msg, codec.Stop) and topic == self.topics.control:
             self.done.set()
         elif isinstance(msg, codec.RoundAnnounce) and topic == self.topics.round:
             self._on_announce(msg)
         else:
-            self.rejected_messages += 1
-            log.warning("meter %d: dropped a %s on %s", self.meter, type(msg).__name__, topic)
+            self._drop(topic, f"unexpected {type(msg).__name__}")
+
+    def _drop(self, topic: str, reason: str) -> None:
+        self.rejected_messages += 1
+        DROPS.drop(f"meter {self.meter}", topic, reason)
 
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
         if self.meter not in msg.selected:

@@ -225,7 +225,12 @@ class BrokerProcess:
 def broker_for_run(url: str | None, kind: str = "auto") -> Iterator[BrokerAddress]:
     """The given broker, or a private one for the duration of the block."""
     if url is not None:
-        yield parse_broker_url(url)
+        address = parse_broker_url(url)
+        try:
+            socket.create_connection((address.host, address.port), timeout=5).close()
+        except OSError as exc:
+            raise BrokerError(f"cannot reach the broker at {address.redacted_url}: {exc}") from None
+        yield address
         return
     with BrokerProcess(kind) as address:
         yield address

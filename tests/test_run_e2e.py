@@ -1,0 +1,263 @@
+"""End to end over a real broker: meters, aggregator and the run command."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+
+from gridsim.config import RunConfig
+from gridsim.run import run
+from gridsim.transport import codec
+from gridsim.transport.broker import BrokerAddress, BrokerProcess
+
+pytestmark = pytest.mark.broker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cfg(tmp_path: Path, address: BrokerAddress | None, **over: Any) -> RunConfig:
+    base: dict[str, Any] = dict(
+        meters=50, rounds=3, seed=1, days=21, test_days=7, round_timeout_s=30.0,
+        registration_timeout_s=60.0, centralized_baseline=False, out=str(tmp_path / "out"),
+        broker=address.url if address else None,
+    )
+    base.update(over)
+    return RunConfig(**base)
+
+
+def _assert_learned(summary: dict[str, Any]) -> None:
+    rmse = summary["metrics"]["rmse"]
+    assert rmse < summary["baselines"]["seasonal_naive"]["rmse"], summary
+    assert rmse < summary["initial_metrics"]["rmse"], summary
+
+
+def _rounds_csv(out: Path) -> list[dict[str, str]]:
+    import csv
+
+    with (out / "rounds.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    summary = run(_cfg(tmp_path, mosquitto))
+    assert summary["rounds_completed"] == 3
+    assert summary["participants_per_round"] == [50, 50, 50]
+    assert summary["dropouts_per_round"] == [0, 0, 0]
+    _assert_learned(summary)
+    rows = _rounds_csv(Path(summary["out"]))
+    # The model after the last round is better than the model after round 0.
+    assert float(rows[-1]["rmse"]) < float(rows[0]["rmse"])
+    config = json.loads((Path(summary["out"]) / "config.json").read_text())
+    assert config["meters"] == 50 and config["seed"] == 1
+    for key in ("mae", "rmse", "nrmse"):
+        assert summary["metrics"][key] > 0
+
+
+def test_same_seed_gives_the_same_model(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+    a = run(_cfg(tmp_path / "a", mosquitto, meters=12, rounds=2))
+    b = run(_cfg(tmp_path / "b", mosquitto, meters=12, rounds=2))
+    assert a["model_hash"] == b["model_hash"]
+
+
+class _Chaos(threading.Thread):
+    """Publishes malformed, oversized and foreign messages on every topic of a session."""
+
+    def __init__(self, address: BrokerAddress, session: str) -> None:
+        super().__init__(daemon=True)
+        self.prefix = f"gridsim/{session}"
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="chaos")
+        self.client.connect(address.host, address.port)
+        self.client.loop_start()
+        self.halt = threading.Event()
+        self.sent = 0
+        rng = random.Random(7)
+        update = codec.Update(
+            v=1, session=session, round=0, meter=3, n_samples=10, train_loss=0.1, train_s=0.0,
+            delta=b"\x00" * 12, eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+        )
+        foreign = msgspec.structs.replace(update, session="other-session")
+        stop_foreign = codec.Stop(v=1, session="other-session", reason="x")
+        self.payloads = [
+            b"\x00", b"\xc1garbage", bytes(rng.getrandbits(8) for _ in range(300)),
+            msgspec.msgpack.encode({"type": "announce", "v": 1}),
+            msgspec.msgpack.encode({**msgspec.to_builtins(update), "type": "update", "v": 2}),
+            codec.encode(update),  # well-formed, wrong model size; on others' topics: forged
+            codec.encode(foreign), codec.encode(stop_foreign),
+            json.dumps({"round": 0}).encode(),
+        ]
+        self.topics = [f"{self.prefix}/{t}" for t in (
+            "round", "control", "results", "hello/3", "hello/x", "update/3", "update/4",
+            "update/999999", "update/abc", "status/3", "status/5", "hello/4",
+        )]
+
+    def run(self) -> None:
+        # Retained garbage greets every meter as it subscribes.
+        for t in (f"{self.prefix}/control", f"{self.prefix}/update/7"):
+            self.client.publish(t, b"\xde\xad", qos=1, retain=True)
+        oversized = b"\x00" * (codec.MAX_MESSAGE_BYTES + 1)
+        for t in self.topics[:4]:
+            self.client.publish(t, oversized, qos=1)
+        while not self.halt.is_set():
+            for t in self.topics:
+                for p in self.payloads:
+                    if "status" in t and p == self.payloads[0]:
+                        continue
+                    self.client.publish(t, p, qos=random.choice((0, 1)))
+                    self.sent += 1
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(5)
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def test_garbage_on_every_topic_is_dropped_and_the_run_completes(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    chaos = _Chaos(mosquitto, "chaos")
+    chaos.start()
+    try:
+        summary = run(_cfg(tmp_path, mosquitto, session="chaos"))
+    finally:
+        chaos.stop()
+    assert chaos.sent > 200
+    assert summary["rounds_completed"] == 3
+    assert summary["participants_per_round"] == [50, 50, 50]
+    assert summary["rejected_messages"] > 100
+    assert summary["meter_stats"]["rejected_messages"] > 100
+    _assert_learned(summary)
+
+
+def test_vanishing_meters_are_recorded_as_dropouts(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, dropout=0.3, round_timeout_s=3.0, rounds=2))
+    assert summary["rounds_completed"] == 2
+    for part, drop in zip(summary["participants_per_round"], summary["dropouts_per_round"]):
+        assert part + drop == 50
+        assert 5 <= drop <= 25  # 30% of 50: P(outside [5, 25]) < 1e-3 per round
+    assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+
+
+def test_meters_in_two_worker_processes(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, meters=40, rounds=2, workers=2))
+    assert summary["participants_per_round"] == [40, 40]
+    assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+
+
+def test_embedded_amqtt_broker_fallback(tmp_path: Path) -> None:
+    summary = run(_cfg(tmp_path, None, broker_kind="amqtt", meters=10, rounds=2))
+    assert summary["participants_per_round"] == [10, 10]
+    assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+
+
+def _gridsim(*args: str, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridsim", *args], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+    )
+
+
+def _wait_for_result(address: BrokerAddress, session: str, timeout: float = 120.0) -> None:
+    """Block until the aggregator publishes its first round result."""
+    got = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+    client.on_message = lambda *_: got.set()
+    client.on_connect = lambda c, *_: c.subscribe(f"gridsim/{session}/results", qos=1)
+    client.connect(address.host, address.port)
+    client.loop_start()
+    try:
+        assert got.wait(timeout), "no round result was published"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def test_run_recovers_from_a_broker_restart(tmp_path: Path, mosquitto_process: BrokerProcess) -> None:
+    address = mosquitto_process.address
+    out = tmp_path / "out"
+    proc = _gridsim(
+        "run", "--meters", "30", "--rounds", "4", "--broker", address.url, "--session", "restart",
+        "--days", "14", "--no-centralized", "--out", str(out), "--round-timeout", "30",
+    )
+    try:
+        _wait_for_result(address, "restart")
+        mosquitto_process.stop()
+        time.sleep(1.5)
+        mosquitto_process.start()
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds_completed"] == 4
+    assert summary["aggregator_reconnects"] >= 1
+    assert all(p >= 27 for p in summary["participants_per_round"]), summary
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in found.split()]
+
+
+def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
+    proc = _gridsim(
+        "run", "--meters", "20", "--rounds", "50", "--session", "sigint", "--days", "10",
+        "--test-days", "2", "--no-centralized", "--out", str(tmp_path / "out"),
+    )
+    try:
+        deadline = time.monotonic() + 60
+        brokers: list[int] = []
+        while time.monotonic() < deadline and not brokers:
+            brokers = _children(proc.pid)
+            time.sleep(0.2)
+        assert brokers, "run started no broker process"
+        time.sleep(3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err.splitlines()[-1]
+    time.sleep(0.5)
+    for pid in brokers:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(
+            f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--meters", "0"], "--meters must be at least 1"),
+        (["--dropout", "1.5"], "--dropout must be in [0, 1)"),
+        (["--broker", "http://nope"], "must start with mqtt://"),
+        (["--broker", "mqtt://127.0.0.1:1"], "cannot reach the broker"),
+    ],
+)
+def test_bad_options_fail_with_a_one_line_reason(args: list[str], message: str) -> None:
+    proc = _gridsim("run", "--no-centralized", *args)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gridsim: error:") and message in last, err
+
+
+def test_results_are_valid_numbers(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, meters=8, rounds=1))
+    model = np.load(Path(summary["out"]) / "model.npy")
+    assert model.shape == (7876,) and np.isfinite(model).all()
