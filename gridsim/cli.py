@@ -50,8 +50,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=d.local_epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
-    p.add_argument("--round-timeout", type=float, default=d.round_timeout_s,
-                   help="seconds a round waits for late meters before counting them as dropouts")
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        default=d.round_timeout_s,
+        help="seconds a round waits for late meters before counting them as dropouts",
+    )
     p.add_argument("--registration-timeout", type=float, default=d.registration_timeout_s)
 
 
@@ -64,13 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run broker, meters and aggregator on this machine")
     run.add_argument("--meters", type=int, default=RunConfig().meters)
     run.add_argument("--broker", help="mqtt[s]://[user:pass@]host:port (default: a private one)")
-    run.add_argument("--broker-kind", choices=["auto", "mosquitto", "amqtt"], default="auto",
-                     help="which private broker to start (auto: Mosquitto if installed)")
+    run.add_argument(
+        "--broker-kind",
+        choices=["auto", "mosquitto", "amqtt"],
+        default="auto",
+        help="which private broker to start (auto: Mosquitto if installed)",
+    )
     run.add_argument("--workers", type=int, default=1, help="processes to spread meters over")
-    run.add_argument("--dropout", type=float, default=0.0,
-                     help="probability that a selected meter vanishes in a round (testing)")
-    run.add_argument("--no-centralized", action="store_true",
-                     help="skip the centralised baseline (trained on pooled data)")
+    run.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="probability that a selected meter vanishes in a round (testing)",
+    )
+    run.add_argument(
+        "--no-centralized",
+        action="store_true",
+        help="skip the centralised baseline (trained on pooled data)",
+    )
     run.add_argument("--out", help="output folder (default runs/<timestamp>/)")
     _add_common(run)
     _add_training(run)
@@ -169,21 +184,32 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         raise ConfigError("--session is required so meters and aggregator find each other")
     cfg = _run_config(args)
     agg_cfg = AggregatorConfig(
-        session=args.session, rounds=cfg.rounds, expected_meters=args.meters,
-        min_meters=args.min_meters or args.meters, fraction=cfg.fraction,
-        round_timeout_s=cfg.round_timeout_s, registration_timeout_s=cfg.registration_timeout_s,
-        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr), seed=cfg.seed,
+        session=args.session,
+        rounds=cfg.rounds,
+        expected_meters=args.meters,
+        min_meters=args.min_meters or args.meters,
+        fraction=cfg.fraction,
+        round_timeout_s=cfg.round_timeout_s,
+        registration_timeout_s=cfg.registration_timeout_s,
+        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        seed=cfg.seed,
     )
     progress = Progress(cfg.rounds, args.meters)
-    agg = Aggregator(parse_broker_url(args.broker), agg_cfg, initial_parameters(cfg.seed),
-                     on_result=progress.round_done)
+    agg = Aggregator(
+        parse_broker_url(args.broker),
+        agg_cfg,
+        initial_parameters(cfg.seed),
+        on_result=progress.round_done,
+    )
     report = asyncio.run(agg.run())
     progress.close()
     final = report.results[-1]
-    summary = {"rounds_completed": sum(r.train for r in report.results),
-               "registered": report.registered,
-               "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
-               "model_hash": final.model_hash}
+    summary = {
+        "rounds_completed": sum(r.train for r in report.results),
+        "registered": report.registered,
+        "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
+        "model_hash": final.model_hash,
+    }
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

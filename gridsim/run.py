@@ -43,14 +43,22 @@ def meter_windows(meters: list[int], cfg: RunConfig) -> MeterWindows:
 
 
 async def serve_meters(
-    meters: list[int], address: BrokerAddress, session: str, cfg: RunConfig,
+    meters: list[int],
+    address: BrokerAddress,
+    session: str,
+    cfg: RunConfig,
     stop: asyncio.Event | None = None,
 ) -> dict[str, int]:
     """Run the agents of ``meters`` in this process until the aggregator stops them."""
     pool = TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
     return await run_fleet(
-        meters, address=address, session=session, pool=pool, seed=cfg.seed,
-        dropout=cfg.dropout, stop=stop or asyncio.Event(),
+        meters,
+        address=address,
+        session=session,
+        pool=pool,
+        seed=cfg.seed,
+        dropout=cfg.dropout,
+        stop=stop or asyncio.Event(),
     )
 
 
@@ -93,7 +101,9 @@ async def run_federation(
         seed=cfg.seed,
     )
     aggregator = Aggregator(
-        address, agg_cfg, initial_parameters(cfg.seed),
+        address,
+        agg_cfg,
+        initial_parameters(cfg.seed),
         on_result=progress.round_done if progress else None,
     )
     agg_task = asyncio.create_task(aggregator.run())
@@ -110,7 +120,8 @@ async def run_federation(
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
             for chunk in split_meters(cfg.meters, cfg.workers):
                 p = ctx.Process(
-                    target=_worker_main, args=(chunk, address.url, session, cfg, threads),
+                    target=_worker_main,
+                    args=(chunk, address.url, session, cfg, threads),
                     daemon=True,
                 )
                 p.start()
@@ -152,22 +163,24 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
     train_results = [r for r in results if r.train]
     for i, r in enumerate(train_results):
         nxt = results[i + 1] if i + 1 < len(results) else None
-        rows.append({
-            "round": r.round,
-            "selected": r.selected,
-            "participants": len(r.participants),
-            "dropouts": len(r.dropouts),
-            "rejected": r.rejected,
-            "train_loss": r.train_loss,
-            "mae": nxt.mae if nxt else None,
-            "rmse": nxt.rmse if nxt else None,
-            "nrmse": nxt.nrmse if nxt else None,
-            "wall_s": r.wall_s,
-            "train_s": r.train_s,
-            "aggregate_s": r.aggregate_s,
-            "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
-            "model_hash": r.model_hash,
-        })
+        rows.append(
+            {
+                "round": r.round,
+                "selected": r.selected,
+                "participants": len(r.participants),
+                "dropouts": len(r.dropouts),
+                "rejected": r.rejected,
+                "train_loss": r.train_loss,
+                "mae": nxt.mae if nxt else None,
+                "rmse": nxt.rmse if nxt else None,
+                "nrmse": nxt.nrmse if nxt else None,
+                "wall_s": r.wall_s,
+                "train_s": r.train_s,
+                "aggregate_s": r.aggregate_s,
+                "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
+                "model_hash": r.model_hash,
+            }
+        )
     return rows
 
 
@@ -218,7 +231,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     if cfg.centralized_baseline:
         data = meter_windows(list(range(cfg.meters)), cfg)
         _, central = train_centralized(
-            data, initial_parameters(cfg.seed), epochs=cfg.rounds * cfg.local_epochs,
+            data,
+            initial_parameters(cfg.seed),
+            epochs=cfg.rounds * cfg.local_epochs,
             seed=cfg.seed,
         )
         baselines["centralized"] = {k: central[k] for k in ("mae", "rmse", "nrmse")}
@@ -236,7 +251,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
         "initial_metrics": {
-            "mae": report.results[0].mae, "rmse": report.results[0].rmse,
+            "mae": report.results[0].mae,
+            "rmse": report.results[0].rmse,
             "nrmse": report.results[0].nrmse,
         },
         "baselines": baselines,
@@ -248,6 +264,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "peak_rss_mb": _peak_rss_mb(),
         "meter_stats": fleet,
     }
-    summary = _clean(summary)
+    summary = dict(_clean(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

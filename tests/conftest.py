@@ -12,7 +12,9 @@ from gridsim.transport.broker import BrokerAddress, BrokerProcess
 
 def _require_mosquitto() -> None:
     if shutil.which("mosquitto") is None:
-        pytest.fail("mosquitto is not installed; run scripts/install.sh (apt-get install mosquitto)")
+        pytest.fail(
+            "mosquitto is not installed; run scripts/install.sh (apt-get install mosquitto)"
+        )
 
 
 @pytest.fixture

@@ -30,8 +30,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cfg(tmp_path: Path, address: BrokerAddress | None, **over: Any) -> RunConfig:
     base: dict[str, Any] = dict(
-        meters=50, rounds=3, seed=1, days=21, test_days=7, round_timeout_s=30.0,
-        registration_timeout_s=60.0, centralized_baseline=False, out=str(tmp_path / "out"),
+        meters=50,
+        rounds=3,
+        seed=1,
+        days=21,
+        test_days=7,
+        round_timeout_s=30.0,
+        registration_timeout_s=60.0,
+        centralized_baseline=False,
+        out=str(tmp_path / "out"),
         broker=address.url if address else None,
     )
     base.update(over)
@@ -87,23 +94,46 @@ class _Chaos(threading.Thread):
         self.sent = 0
         rng = random.Random(7)
         update = codec.Update(
-            v=1, session=session, round=0, meter=3, n_samples=10, train_loss=0.1, train_s=0.0,
-            delta=b"\x00" * 12, eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+            v=1,
+            session=session,
+            round=0,
+            meter=3,
+            n_samples=10,
+            train_loss=0.1,
+            train_s=0.0,
+            delta=b"\x00" * 12,
+            eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
         )
         foreign = msgspec.structs.replace(update, session="other-session")
         stop_foreign = codec.Stop(v=1, session="other-session", reason="x")
         self.payloads = [
-            b"\x00", b"\xc1garbage", bytes(rng.getrandbits(8) for _ in range(300)),
+            b"\x00",
+            b"\xc1garbage",
+            bytes(rng.getrandbits(8) for _ in range(300)),
             msgspec.msgpack.encode({"type": "announce", "v": 1}),
             msgspec.msgpack.encode({**msgspec.to_builtins(update), "type": "update", "v": 2}),
             codec.encode(update),  # well-formed, wrong model size; on others' topics: forged
-            codec.encode(foreign), codec.encode(stop_foreign),
+            codec.encode(foreign),
+            codec.encode(stop_foreign),
             json.dumps({"round": 0}).encode(),
         ]
-        self.topics = [f"{self.prefix}/{t}" for t in (
-            "round", "control", "results", "hello/3", "hello/x", "update/3", "update/4",
-            "update/999999", "update/abc", "status/3", "status/5", "hello/4",
-        )]
+        self.topics = [
+            f"{self.prefix}/{t}"
+            for t in (
+                "round",
+                "control",
+                "results",
+                "hello/3",
+                "hello/x",
+                "update/3",
+                "update/4",
+                "update/999999",
+                "update/abc",
+                "status/3",
+                "status/5",
+                "hello/4",
+            )
+        ]
 
     def run(self) -> None:
         # Retained garbage greets every meter as it subscribes.
@@ -145,10 +175,13 @@ def test_garbage_on_every_topic_is_dropped_and_the_run_completes(
     _assert_learned(summary)
 
 
-def test_vanishing_meters_are_recorded_as_dropouts(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+def test_vanishing_meters_are_recorded_as_dropouts(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
     summary = run(_cfg(tmp_path, mosquitto, dropout=0.3, round_timeout_s=3.0, rounds=2))
     assert summary["rounds_completed"] == 2
-    for part, drop in zip(summary["participants_per_round"], summary["dropouts_per_round"]):
+    rounds = zip(summary["participants_per_round"], summary["dropouts_per_round"], strict=True)
+    for part, drop in rounds:
         assert part + drop == 50
         assert 5 <= drop <= 25  # 30% of 50: P(outside [5, 25]) < 1e-3 per round
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
@@ -168,8 +201,12 @@ def test_embedded_amqtt_broker_fallback(tmp_path: Path) -> None:
 
 def _gridsim(*args: str, **kw: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gridsim", *args], cwd=ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw,
+        [sys.executable, "-m", "gridsim", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
     )
 
 
@@ -188,12 +225,28 @@ def _wait_for_result(address: BrokerAddress, session: str, timeout: float = 120.
         client.disconnect()
 
 
-def test_run_recovers_from_a_broker_restart(tmp_path: Path, mosquitto_process: BrokerProcess) -> None:
+def test_run_recovers_from_a_broker_restart(
+    tmp_path: Path, mosquitto_process: BrokerProcess
+) -> None:
     address = mosquitto_process.address
     out = tmp_path / "out"
     proc = _gridsim(
-        "run", "--meters", "30", "--rounds", "4", "--broker", address.url, "--session", "restart",
-        "--days", "14", "--no-centralized", "--out", str(out), "--round-timeout", "30",
+        "run",
+        "--meters",
+        "30",
+        "--rounds",
+        "4",
+        "--broker",
+        address.url,
+        "--session",
+        "restart",
+        "--days",
+        "14",
+        "--no-centralized",
+        "--out",
+        str(out),
+        "--round-timeout",
+        "30",
     )
     try:
         _wait_for_result(address, "restart")
@@ -217,8 +270,20 @@ def _children(pid: int) -> list[int]:
 
 def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
     proc = _gridsim(
-        "run", "--meters", "20", "--rounds", "50", "--session", "sigint", "--days", "10",
-        "--test-days", "2", "--no-centralized", "--out", str(tmp_path / "out"),
+        "run",
+        "--meters",
+        "20",
+        "--rounds",
+        "50",
+        "--session",
+        "sigint",
+        "--days",
+        "10",
+        "--test-days",
+        "2",
+        "--no-centralized",
+        "--out",
+        str(tmp_path / "out"),
     )
     try:
         deadline = time.monotonic() + 60
@@ -236,8 +301,10 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
     assert "interrupted" in err.splitlines()[-1]
     time.sleep(0.5)
     for pid in brokers:
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(
-            f"/proc/{pid}/status").read_text().lower()
+        assert (
+            not os.path.exists(f"/proc/{pid}")
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
 
 
 @pytest.mark.parametrize(
@@ -251,7 +318,7 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
 )
 def test_bad_options_fail_with_a_one_line_reason(args: list[str], message: str) -> None:
     proc = _gridsim("run", "--no-centralized", *args)
-    out, err = proc.communicate(timeout=120)
+    _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("gridsim: error:") and message in last, err

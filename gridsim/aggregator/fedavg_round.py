@@ -32,8 +32,12 @@ class EvalTotals:
 
     def add(self, r: codec.EvalReport) -> EvalTotals:
         return EvalTotals(
-            self.sse + r.sse, self.sae + r.sae, self.count + r.count, self.sum_y + r.sum_y,
-            self.naive_sse + r.naive_sse, self.naive_sae + r.naive_sae,
+            self.sse + r.sse,
+            self.sae + r.sae,
+            self.count + r.count,
+            self.sum_y + r.sum_y,
+            self.naive_sse + r.naive_sse,
+            self.naive_sae + r.naive_sae,
         )
 
     def metrics(self) -> dict[str, float] | None:
@@ -158,4 +162,3 @@ class FedAvgRound:
             train_s=self._train_s,
             aggregate_s=self._aggregate_s,
         )
-

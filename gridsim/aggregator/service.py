@@ -10,6 +10,7 @@ restart) the open round is announced again; meters resend what they had sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -42,7 +43,7 @@ class AggregatorConfig:
     fraction: float = 1.0
     round_timeout_s: float = 60.0
     registration_timeout_s: float = 120.0
-    plan: TrainConfig = TrainConfig()
+    plan: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     seed: int = 0
 
 
@@ -143,12 +144,10 @@ class Aggregator:
 
     # -- driver -----------------------------------------------------------------
 
-    async def _wait_changed(self, timeout: float) -> None:
+    async def _wait_changed(self, seconds: float) -> None:
         self._changed.clear()
-        try:
-            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(seconds, 0.0))
 
     async def _register(self) -> None:
         cfg = self.config

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +42,7 @@ class HouseholdLoad:
         return offset + np.arange(self.steps, dtype=np.float64) * STEP_HOURS
 
 
-def _bump(hours: npt.NDArray[np.float64], centre: float, width: float) -> npt.NDArray[np.float64]:
+def _bump(hours: npt.NDArray[Any], centre: float, width: float) -> npt.NDArray[np.float64]:
     """A daily-periodic Gaussian bump centred at ``centre`` o'clock."""
     d = (hours - centre + 12.0) % 24.0 - 12.0
     out: npt.NDArray[np.float64] = np.exp(-0.5 * (d / width) ** 2)
@@ -75,7 +76,9 @@ def _one_household(seed: int, meter_id: int, days: int) -> npt.NDArray[np.float3
     # Winter heating load falls through the period; cold spells last a few days.
     heating = rng.random() < 0.35
     cold = np.repeat(rng.normal(0.0, 1.0, size=days // 3 + 1), 3)[:days][day]
-    heat = (0.6 + 0.15 * cold) * (1.0 - day / max(days, 1) * 0.3) if heating else 0.0
+    heat: npt.NDArray[np.float64] = (
+        (0.6 + 0.15 * cold) * (1.0 - day / max(days, 1) * 0.3) if heating else np.zeros(steps)
+    )
     heat_shape = heat * (0.6 * _bump(hour, 7.0, 2.0) + 0.8 * _bump(hour, 19.0, 3.0))
 
     load = base + scale * shape + heat_shape
@@ -93,17 +96,18 @@ def _one_household(seed: int, meter_id: int, days: int) -> npt.NDArray[np.float3
         load = load + charging * rng.uniform(3.0, 7.0)
 
     load = load * rng.lognormal(0.0, 0.15, size=steps)  # occupancy noise
-    return np.maximum(load, 0.02).astype(np.float32)
+    out: npt.NDArray[np.float32] = np.maximum(load, 0.02).astype(np.float32)
+    return out
 
 
-def generate_households(
-    meter_ids: npt.ArrayLike, *, days: int, seed: int
-) -> HouseholdLoad:
+def generate_households(meter_ids: npt.ArrayLike, *, days: int, seed: int) -> HouseholdLoad:
     """Load of ``meter_ids`` over ``days`` days, identical for the same ``(seed, meter_id)``."""
     ids = np.asarray(meter_ids, dtype=np.int64).reshape(-1)
     if days < 3:
         raise ValueError(f"days must be at least 3, got {days}")
-    loads = np.stack([_one_household(seed, int(m), days) for m in ids]) if len(ids) else np.zeros(
-        (0, days * STEPS_PER_DAY), dtype=np.float32
+    loads = (
+        np.stack([_one_household(seed, int(m), days) for m in ids])
+        if len(ids)
+        else np.zeros((0, days * STEPS_PER_DAY), dtype=np.float32)
     )
     return HouseholdLoad(meter_ids=ids, load_kw=loads, start=EPOCH)

@@ -17,8 +17,13 @@ from gridsim.transport.codec import EvalReport
 
 
 def train_centralized(
-    data: MeterWindows, initial: npt.NDArray[np.float32], *, epochs: int, seed: int,
-    batch_size: int = 256, lr: float = 3e-3,
+    data: MeterWindows,
+    initial: npt.NDArray[np.float32],
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 256,
+    lr: float = 3e-3,
 ) -> tuple[npt.NDArray[np.float32], dict[str, float]]:
     """Train on the pooled windows of all meters; return the model and its held-out metrics."""
     m, n, f = data.x_train.shape
@@ -36,9 +41,7 @@ def train_centralized(
     model = (initial + result.delta[0]).astype(np.float32)
     totals = EvalTotals()
     for e in trainer.evaluate(model, data):
-        totals = totals.add(
-            EvalReport(e.sse, e.sae, e.count, e.sum_y, e.naive_sse, e.naive_sae)
-        )
+        totals = totals.add(EvalReport(e.sse, e.sae, e.count, e.sum_y, e.naive_sse, e.naive_sae))
     metrics = totals.metrics()
     assert metrics is not None
     return model, metrics

@@ -64,7 +64,10 @@ def _windows(
     hist = starts[:, None] + np.arange(-HISTORY, 0)[None, :]
     tgt = starts[:, None] + np.arange(HORIZON)[None, :]
     x = np.concatenate(
-        [norm[:, hist], np.broadcast_to(cal[starts], (norm.shape[0], len(starts), CALENDAR_FEATURES))],
+        [
+            norm[:, hist],
+            np.broadcast_to(cal[starts], (norm.shape[0], len(starts), CALENDAR_FEATURES)),
+        ],
         axis=-1,
     )
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(norm[:, tgt])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import aiomqtt
 
@@ -61,7 +62,9 @@ class MeterAgent:
 
     async def _on_connect(self) -> None:
         hello = codec.Hello(
-            v=codec.WIRE_VERSION, session=self.session, meter=self.meter,
+            v=codec.WIRE_VERSION,
+            session=self.session,
+            meter=self.meter,
             n_train=self.pool.data.n_train,
         )
         await self.connection.publish(self.topics.hello(self.meter), codec.encode(hello), wait=0)
@@ -115,7 +118,11 @@ class MeterAgent:
         )
         plan = TrainConfig(msg.plan.local_epochs, msg.plan.batch_size, msg.plan.lr)
         answer = await self.pool.request(
-            self.meter, round_=msg.round, train=msg.train, model=model, plan=plan,
+            self.meter,
+            round_=msg.round,
+            train=msg.train,
+            model=model,
+            plan=plan,
             expected=expected,
         )
         e = answer.eval
@@ -129,8 +136,12 @@ class MeterAgent:
             train_s=answer.train_s,
             delta=b"" if answer.delta is None else codec.vector_to_bytes(answer.delta),
             eval=codec.EvalReport(
-                sse=e.sse, sae=e.sae, count=e.count, sum_y=e.sum_y,
-                naive_sse=e.naive_sse, naive_sae=e.naive_sae,
+                sse=e.sse,
+                sae=e.sae,
+                count=e.count,
+                sum_y=e.sum_y,
+                naive_sse=e.naive_sse,
+                naive_sae=e.naive_sae,
             ),
         )
         payload = codec.encode(update)
@@ -173,8 +184,8 @@ async def run_fleet(
             agent.start()
             await asyncio.sleep(connect_spacing_s)
         log.info("%d meters started in %.1f s", len(agents), time.perf_counter() - started)
-        all_done = asyncio.gather(*(a.done.wait() for a in agents))
-        stop_wait = asyncio.ensure_future(stop.wait())
+        all_done: asyncio.Future[Any] = asyncio.gather(*(a.done.wait() for a in agents))
+        stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
         await asyncio.wait([all_done, stop_wait], return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         all_done.cancel()
@@ -185,4 +196,3 @@ async def run_fleet(
         "vanished": sum(a.rounds_vanished for a in agents),
         "rejected_messages": sum(a.rejected_messages for a in agents),
     }
-

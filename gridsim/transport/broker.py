@@ -132,18 +132,6 @@ def mosquitto_config(port: int, template: Path = CONFIG_TEMPLATE) -> str:
     return "\n".join(out) + "\n"
 
 
-_AMQTT_CONFIG = """\
-listeners:
-  default:
-    type: tcp
-    bind: 127.0.0.1:{port}
-    max_connections: 0
-plugins:
-  amqtt.plugins.authentication.AnonymousAuthPlugin:
-    allow_anonymous: true
-"""
-
-
 class BrokerProcess:
     """A broker subprocess on a loopback port; use as a context manager."""
 
@@ -171,15 +159,12 @@ class BrokerProcess:
             cmd = [exe, "-c", str(conf)]
         else:
             try:
-                import amqtt  # noqa: F401
+                import amqtt  # type: ignore[import-untyped]  # noqa: F401
             except ImportError:
                 raise BrokerError(
                     "no broker available: install mosquitto, or amqtt (pip install amqtt)"
                 ) from None
-            conf = self.workdir / "amqtt.yaml"
-            conf.write_text(_AMQTT_CONFIG.format(port=self.port))
-            code = "from amqtt.scripts.broker_script import main; main()"
-            cmd = [sys.executable, "-c", code, "-c", str(conf)]
+            cmd = [sys.executable, "-m", "gridsim.transport.amqtt_broker", str(self.port)]
         with log_path.open("wb") as log_file:
             self.proc = subprocess.Popen(
                 cmd,
@@ -234,4 +219,3 @@ def broker_for_run(url: str | None, kind: str = "auto") -> Iterator[BrokerAddres
         return
     with BrokerProcess(kind) as address:
         yield address
-

@@ -127,9 +127,10 @@ def decode(payload: bytes | bytearray, *, max_bytes: int = MAX_MESSAGE_BYTES) ->
     if len(payload) > max_bytes:
         raise MessageError(f"message of {len(payload)} bytes exceeds the limit of {max_bytes}")
     try:
-        return _decoder.decode(payload)
+        msg: AnyMessage = _decoder.decode(payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MessageError(f"malformed message: {exc}") from None
+    return msg
 
 
 def vector_to_bytes(vec: npt.NDArray[np.float32]) -> bytes:

@@ -27,7 +27,9 @@ MessageHandler = Callable[[str, bytes], Awaitable[None] | None]
 class Backoff:
     """Exponential backoff with full jitter, so reconnecting meters spread out."""
 
-    def __init__(self, initial: float = 0.2, maximum: float = 5.0, rng: random.Random | None = None):
+    def __init__(
+        self, initial: float = 0.2, maximum: float = 5.0, rng: random.Random | None = None
+    ):
         self.initial = initial
         self.maximum = maximum
         self.attempt = 0
@@ -122,8 +124,15 @@ class Connection:
         except Exception:
             log.exception("%s: handler failed on a message from %s", self.identifier, topic)
 
-    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      wait: float | None = None) -> bool:
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        wait: float | None = None,
+    ) -> bool:
         """Publish, waiting up to ``wait`` seconds for a connection (forever if None).
 
         Returns False if the message could not be handed to the broker; callers

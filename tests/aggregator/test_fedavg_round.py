@@ -12,8 +12,14 @@ DIM = 5
 
 def _update(meter: int, delta: np.ndarray, n: int, round_: int = 0, **over: object) -> codec.Update:
     fields: dict[str, object] = dict(
-        v=codec.WIRE_VERSION, session="s", round=round_, meter=meter, n_samples=n,
-        train_loss=1.0, train_s=0.5, delta=codec.vector_to_bytes(delta.astype(np.float32)),
+        v=codec.WIRE_VERSION,
+        session="s",
+        round=round_,
+        meter=meter,
+        n_samples=n,
+        train_loss=1.0,
+        train_s=0.5,
+        delta=codec.vector_to_bytes(delta.astype(np.float32)),
         eval=codec.EvalReport(sse=4.0, sae=2.0, count=4, sum_y=8.0, naive_sse=16.0, naive_sae=4.0),
     )
     fields.update(over)

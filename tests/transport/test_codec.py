@@ -8,8 +8,14 @@ from gridsim.transport import codec
 
 def _update(**over: object) -> codec.Update:
     fields: dict[str, object] = dict(
-        v=codec.WIRE_VERSION, session="s1", round=3, meter=7, n_samples=10, train_loss=0.5,
-        train_s=0.1, delta=codec.vector_to_bytes(np.arange(4, dtype=np.float32)),
+        v=codec.WIRE_VERSION,
+        session="s1",
+        round=3,
+        meter=7,
+        n_samples=10,
+        train_loss=0.5,
+        train_s=0.1,
+        delta=codec.vector_to_bytes(np.arange(4, dtype=np.float32)),
         eval=codec.EvalReport(1.0, 2.0, 3, 4.0, 5.0, 6.0),
     )
     fields.update(over)
@@ -28,8 +34,13 @@ def test_oversized_message_is_rejected_before_parsing() -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"\xff\xff", b"garbage that is not msgpack", msgspec.msgpack.encode({"type": "nope"}),
-     msgspec.msgpack.encode([1, 2, 3])],
+    [
+        b"",
+        b"\xff\xff",
+        b"garbage that is not msgpack",
+        msgspec.msgpack.encode({"type": "nope"}),
+        msgspec.msgpack.encode([1, 2, 3]),
+    ],
 )
 def test_malformed_payloads_raise_message_error(payload: bytes) -> None:
     with pytest.raises(MessageError, match="malformed"):

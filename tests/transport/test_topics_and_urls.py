@@ -16,7 +16,12 @@ def test_meter_id_comes_from_the_last_topic_level() -> None:
 def test_broker_urls() -> None:
     a = parse_broker_url("mqtt://alice:p%40ss@broker.example:1884")
     assert (a.host, a.port, a.username, a.password, a.tls) == (
-        "broker.example", 1884, "alice", "p@ss", False)
+        "broker.example",
+        1884,
+        "alice",
+        "p@ss",
+        False,
+    )
     assert parse_broker_url("mqtts://h").port == 8883
     assert parse_broker_url("mqtt://h").port == 1883
     assert "p@ss" not in a.redacted_url

@@ -1,0 +1,129 @@
+"""End-to-end FL rounds over Mosquitto, split into train / transport / aggregate.
+
+Runs the real system (private Mosquitto, one MQTT connection per meter, the
+aggregator service) for ``--rounds`` rounds and reports medians per round,
+beside what the same local training costs batched and as a per-meter loop,
+and Flower's simulation of the same FedAvg with the same data and model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gridsim.config import RunConfig
+from gridsim.learning.batched import BatchedTrainer, TrainConfig
+from gridsim.learning.model import initial_parameters
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--meters", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--loop-sample",
+        type=int,
+        default=50,
+        help="meters timed one by one for the per-meter-loop comparison",
+    )
+    parser.add_argument(
+        "--flower-rounds", type=int, default=2, help="rounds of the Flower peer (0 skips it)"
+    )
+    parser.add_argument("--out", help="keep the run's output folder here")
+
+
+def _median(rows: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(float(r[key]) for r in rows))
+
+
+def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
+    """One local epoch of every meter: batched (as gridsim runs it) and one meter at a time."""
+    from gridsim.run import meter_windows
+
+    data = meter_windows(list(range(cfg.meters)), cfg)
+    trainer = BatchedTrainer(TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr))
+    model = initial_parameters(cfg.seed)
+    trainer.train(model, data.select(np.arange(min(8, cfg.meters))), seed=0, round_=0)  # warm-up
+    batched = []
+    for r in range(3):
+        start = time.perf_counter()
+        trainer.train(model, data, seed=cfg.seed, round_=r)
+        batched.append(time.perf_counter() - start)
+    sample = min(loop_sample, cfg.meters)
+    start = time.perf_counter()
+    for i in range(sample):
+        trainer.train(model, data.select(np.array([i])), seed=cfg.seed, round_=0)
+    loop_s = (time.perf_counter() - start) * cfg.meters / sample
+    return {
+        "batched_epoch_s": statistics.median(batched),
+        "per_meter_loop_epoch_s": loop_s,
+        "per_meter_loop_measured_on": sample,
+        "speedup": loop_s / statistics.median(batched),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from gridsim.run import run as run_system
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gridsim-bench-"))
+    cfg = RunConfig(
+        meters=args.meters,
+        rounds=args.rounds,
+        seed=args.seed,
+        workers=args.workers,
+        centralized_baseline=False,
+        out=str(out),
+    )
+    summary = run_system(cfg)
+    import csv
+
+    with (out / "rounds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # The first round pays one-off costs (torch warm-up); medians hide it, max shows it.
+    walls = [float(r["wall_s"]) for r in rows]
+    msgs = sum(2 * int(r["participants"]) + 1 for r in rows)
+    update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
+    result: dict[str, Any] = {
+        "benchmark": "e2e",
+        "meters": args.meters,
+        "rounds": args.rounds,
+        "model_parameters": update_bytes // 4,
+        "broker": "mosquitto",
+        "torch_threads": torch.get_num_threads(),
+        "gridsim": {
+            "median_round_s": statistics.median(walls),
+            "max_round_s": max(walls),
+            "median_train_s": _median(rows, "train_s"),
+            "median_transport_s": _median(rows, "transport_s"),
+            "median_aggregate_s": _median(rows, "aggregate_s"),
+            "messages_per_s": msgs / sum(walls),
+            "payload_mb_per_s": msgs * update_bytes / sum(walls) / 1e6,
+            "run_wall_s": summary["wall_s"],
+            "peak_rss_mb": summary["peak_rss_mb"],
+            "final_rmse": summary["metrics"]["rmse"],
+        },
+        "local_training": _local_training(cfg, args.loop_sample),
+    }
+    if args.flower_rounds > 0:
+        try:
+            from gridsim.bench.flower_peer import flower_fedavg_round_seconds
+        except ImportError as exc:
+            result["flower"] = {"skipped": f"flower peer unavailable: {exc}"}
+        else:
+            result["flower"] = flower_fedavg_round_seconds(
+                args.meters, args.flower_rounds, seed=args.seed
+            )
+        flower_round = result["flower"].get("median_round_s")
+        if flower_round:
+            result["gridsim_vs_flower_round_speedup"] = flower_round / statistics.median(walls)
+    (out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
