@@ -204,8 +204,11 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
     report = asyncio.run(agg.run())
     progress.close()
     final = report.results[-1]
+    train = [r for r in report.results if r.train]
     summary = {
-        "rounds_completed": sum(r.train for r in report.results),
+        "rounds_completed": len(train),
+        "participants_per_round": [len(r.participants) for r in train],
+        "dropouts_per_round": [len(r.dropouts) for r in train],
         "registered": report.registered,
         "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
         "model_hash": final.model_hash,

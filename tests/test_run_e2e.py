@@ -96,6 +96,7 @@ class _Chaos(threading.Thread):
         update = codec.Update(
             v=1,
             session=session,
+            run="ab",
             round=0,
             meter=3,
             n_samples=10,
@@ -328,3 +329,29 @@ def test_results_are_valid_numbers(tmp_path: Path, mosquitto: BrokerAddress) -> 
     summary = run(_cfg(tmp_path, mosquitto, meters=8, rounds=1))
     model = np.load(Path(summary["out"]) / "model.npy")
     assert model.shape == (7876,) and np.isfinite(model).all()
+
+
+def test_a_killed_aggregator_is_replaced_and_the_meters_carry_on(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    common = ["--broker", mosquitto.url, "--session", "killed", "--days", "10", "--test-days", "2"]
+    meters = _gridsim("meters", "--ids", "0-19", *common)
+    try:
+        first = _gridsim("aggregator", "--meters", "20", "--rounds", "200", *common)
+        _wait_for_result(mosquitto, "killed")
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=30)
+        second = _gridsim(
+            "aggregator", "--meters", "20", "--rounds", "2", "--out", str(tmp_path), *common
+        )
+        _out, err = second.communicate(timeout=120)
+        assert second.returncode == 0, err[-2000:]
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["rounds_completed"] == 2 and summary["registered"] == 20
+        assert summary["participants_per_round"] == [20, 20]
+        # The aggregator's Stop ends the meters' process too.
+        meters_out, meters_err = meters.communicate(timeout=60)
+        assert meters.returncode == 0, meters_err[-2000:]
+        assert json.loads(meters_out.strip().splitlines()[-1])["answered"] >= 40
+    finally:
+        meters.kill()

@@ -72,11 +72,18 @@ class RoundOutcome:
 
 class FedAvgRound:
     def __init__(
-        self, round_: int, *, selected: list[int], model: npt.NDArray[np.float32], train: bool
+        self,
+        round_: int,
+        *,
+        selected: list[int],
+        model: npt.NDArray[np.float32],
+        train: bool,
+        run: str = "0",
     ) -> None:
         if not selected:
             raise RoundError(f"round {round_} has no meters to select")
         self.round = round_
+        self.run = run
         self.train = train
         self.selected = sorted(set(selected))
         self._selected = set(self.selected)
@@ -119,6 +126,8 @@ class FedAvgRound:
     def _check(self, topic_meter: int, msg: codec.Update) -> str | None:
         if self.closed:
             return f"round {self.round} is closed"
+        if msg.run != self.run:
+            return f"update for run {msg.run} of another aggregator (this is run {self.run})"
         if msg.round != self.round:
             return f"update for round {msg.round} while round {self.round} is open"
         if msg.meter != topic_meter:

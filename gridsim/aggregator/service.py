@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import random
+import secrets
 import time
 from collections.abc import Callable
 
@@ -79,6 +80,7 @@ class Aggregator:
         self._announce: bytes | None = None
         self._changed = asyncio.Event()
         self._rng = random.Random(config.seed)
+        self.run_id = secrets.token_hex(8)
         self.connection = Connection(
             address,
             identifier=f"gridsim-{config.session}-aggregator",
@@ -152,8 +154,17 @@ class Aggregator:
     async def _register(self) -> None:
         cfg = self.config
         deadline = time.monotonic() + cfg.registration_timeout_s
+        roll_call = codec.encode(
+            codec.RollCall(v=codec.WIRE_VERSION, session=cfg.session, run=self.run_id)
+        )
+        next_call = 0.0
         while len(self.registered) < cfg.expected_meters and time.monotonic() < deadline:
-            await self._wait_changed(deadline - time.monotonic())
+            if time.monotonic() >= next_call:
+                # Meters that connected before this aggregator (e.g. it was restarted)
+                # said hello to nobody; ask again now and then until all are here.
+                await self.connection.publish(self.topics.control, roll_call)
+                next_call = time.monotonic() + 2.0
+            await self._wait_changed(min(deadline, next_call) - time.monotonic())
         if len(self.registered) < cfg.min_meters:
             raise RoundError(
                 f"only {len(self.registered)} of at least {cfg.min_meters} meters registered "
@@ -171,10 +182,11 @@ class Aggregator:
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config
         selected = self._select(train)
-        rnd = FedAvgRound(number, selected=selected, model=self.model, train=train)
+        rnd = FedAvgRound(number, selected=selected, model=self.model, train=train, run=self.run_id)
         announce = codec.RoundAnnounce(
             v=codec.WIRE_VERSION,
             session=cfg.session,
+            run=self.run_id,
             round=number,
             train=train,
             selected=selected,
@@ -204,6 +216,7 @@ class Aggregator:
         result = codec.RoundResult(
             v=codec.WIRE_VERSION,
             session=self.config.session,
+            run=self.run_id,
             round=outcome.round,
             train=outcome.train,
             selected=len(outcome.selected),

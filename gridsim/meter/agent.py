@@ -50,6 +50,7 @@ class MeterAgent:
         self._answered_round = -1
         self._answer: bytes | None = None
         self._current_round = -1
+        self._run = ""
         self._task: asyncio.Task[None] | None = None
         self.connection = Connection(
             address,
@@ -81,6 +82,8 @@ class MeterAgent:
             self._drop(topic, f"message of session {msg.session!r}")
         elif isinstance(msg, codec.Stop) and topic == self.topics.control:
             self.done.set()
+        elif isinstance(msg, codec.RollCall) and topic == self.topics.control:
+            await self._on_connect()
         elif isinstance(msg, codec.RoundAnnounce) and topic == self.topics.round:
             self._on_announce(msg)
         else:
@@ -93,6 +96,11 @@ class MeterAgent:
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
         if self.meter not in msg.selected:
             return
+        if msg.run != self._run:
+            # A new aggregator (or a restarted one): its rounds start afresh.
+            self._run = msg.run
+            self._current_round = self._answered_round = -1
+            self._answer = None
         if msg.round == self._answered_round and self._answer is not None:
             # The aggregator asks again (e.g. after a broker restart): resend.
             asyncio.get_running_loop().create_task(self._send(self._answer))
@@ -129,6 +137,7 @@ class MeterAgent:
         update = codec.Update(
             v=codec.WIRE_VERSION,
             session=self.session,
+            run=msg.run,
             round=msg.round,
             meter=self.meter,
             n_samples=answer.n_samples,

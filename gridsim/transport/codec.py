@@ -25,6 +25,8 @@ MeterId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 RoundNo = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Session = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+# A fresh id per aggregator start: a restarted aggregator's round 0 is not the old round 0.
+RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
 
 
 class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
@@ -43,6 +45,12 @@ class Hello(Message, tag="hello", frozen=True):
     n_train: Annotated[int, msgspec.Meta(ge=0)]
 
 
+class RollCall(Message, tag="rollcall", frozen=True):
+    """The aggregator asks every meter to say hello (sent when an aggregator (re)starts)."""
+
+    run: RunId
+
+
 class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     local_epochs: Annotated[int, msgspec.Meta(ge=1, le=100)]
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)]
@@ -55,6 +63,7 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     ``train`` False asks only for an evaluation of ``model`` (the final round).
     """
 
+    run: RunId
     round: RoundNo
     train: bool
     selected: list[MeterId]
@@ -77,6 +86,7 @@ class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Update(Message, tag="update", frozen=True):
     """A meter's answer to a round: its model delta (empty for evaluation) and eval sums."""
 
+    run: RunId
     round: RoundNo
     meter: MeterId
     n_samples: Annotated[int, msgspec.Meta(ge=0)]
@@ -89,6 +99,7 @@ class Update(Message, tag="update", frozen=True):
 class RoundResult(Message, tag="result", frozen=True):
     """What a completed round produced, published on the results topic."""
 
+    run: RunId
     round: RoundNo
     train: bool
     selected: int
@@ -112,7 +123,7 @@ class Stop(Message, tag="stop", frozen=True):
     reason: str
 
 
-AnyMessage = Hello | RoundAnnounce | Update | RoundResult | Stop
+AnyMessage = Hello | RollCall | RoundAnnounce | Update | RoundResult | Stop
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

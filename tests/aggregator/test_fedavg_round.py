@@ -14,6 +14,7 @@ def _update(meter: int, delta: np.ndarray, n: int, round_: int = 0, **over: obje
     fields: dict[str, object] = dict(
         v=codec.WIRE_VERSION,
         session="s",
+        run="0",
         round=round_,
         meter=meter,
         n_samples=n,
@@ -105,3 +106,10 @@ def test_evaluation_round_ignores_deltas() -> None:
     assert rnd.offer(1, evaluation) is None
     out = rnd.close()
     assert np.array_equal(out.model, model) and out.eval.count == 4
+
+
+def test_an_update_from_another_aggregator_run_is_rejected() -> None:
+    rnd = FedAvgRound(0, selected=[1], model=np.zeros(DIM, dtype=np.float32), train=True, run="bb")
+    reason = rnd.offer(1, _update(1, np.ones(DIM), 5))  # computed for run "0"
+    assert reason is not None and "another aggregator" in reason
+    assert rnd.pending() == {1}

@@ -10,6 +10,7 @@ def _update(**over: object) -> codec.Update:
     fields: dict[str, object] = dict(
         v=codec.WIRE_VERSION,
         session="s1",
+        run="ab12",
         round=3,
         meter=7,
         n_samples=10,
