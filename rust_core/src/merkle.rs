@@ -84,7 +84,7 @@ fn grain<L: AsRef<[u8]>>(leaves: &[L]) -> usize {
 /// more than `grain` leaves.
 fn subtree_root<L: AsRef<[u8]> + Sync>(leaves: &[L], grain: usize) -> Hash {
     let n = leaves.len();
-    if n <= grain || n == 1 {
+    if n <= grain {
         return sequential_root(leaves);
     }
     let (left, right) = leaves.split_at(split_point(n));
