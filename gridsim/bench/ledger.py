@@ -22,6 +22,7 @@ import importlib
 import os
 import platform
 import random
+import time
 from collections.abc import Callable
 
 from gridsim import __version__
@@ -141,7 +142,37 @@ def usable_cpus() -> int | None:
     return os.cpu_count()
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have spent since boot (Linux ``/proc/stat``), else None."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: idle and iowait are not busy.
+    ticks = [int(field) for field in fields[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def other_processes_busy_cpus(
+    busy_before: float | None, own_before: float, wall_before: float
+) -> float | None:
+    """How many CPUs other processes kept busy on average while the benchmark ran.
+
+    The large-leaf case needs both cores: near 0 is a quiet run, near 1 means
+    the parallel hashing had about one core to itself.
+    """
+    busy_after = machine_busy_seconds()
+    if busy_before is None or busy_after is None:
+        return None
+    own = time.process_time() - own_before
+    wall = time.perf_counter() - wall_before
+    return max(0.0, (busy_after - busy_before - own) / wall)
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
+    busy_before = machine_busy_seconds()
+    own_before, wall_before = time.process_time(), time.perf_counter()
     pymerkle_root = pymerkle_root_fn()
     small, small_s, _ = measure_case(
         args.small_leaves, args.small_leaf_bytes, args.seed, args.repeat, pymerkle_root
@@ -156,6 +187,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             "usable_cpus": usable_cpus(),
             "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(),
+            "other_processes_busy_cpus": other_processes_busy_cpus(
+                busy_before, own_before, wall_before
+            ),
         },
         "gridsim": __version__,
         "repeat": args.repeat,
