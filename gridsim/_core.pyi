@@ -12,3 +12,26 @@ def accumulate_weighted(
 
 def count_non_finite(update: npt.NDArray[np.float32]) -> int:
     """Number of NaN or infinite entries of ``update``."""
+
+# RFC 9162 Merkle tree (rust_core/src/merkle.rs); the public API is gridsim.ledger.merkle.
+def merkle_leaf_hash(data: bytes) -> bytes:
+    """``SHA-256(0x00 || data)``."""
+
+def merkle_root(leaves: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """Root of the tree over ``leaves``; ``SHA-256("")`` when empty."""
+
+def merkle_inclusion_proof(leaves: list[bytes] | tuple[bytes, ...], index: int) -> list[bytes]:
+    """Audit path of leaf ``index``; InvalidInputError unless ``index < len(leaves)``."""
+
+def merkle_consistency_proof(leaves: list[bytes] | tuple[bytes, ...], old_size: int) -> list[bytes]:
+    """Consistency proof from the first ``old_size`` leaves; InvalidInputError past the end."""
+
+def merkle_verify_inclusion(
+    leaf_hash: bytes, index: int, tree_size: int, proof: list[bytes], root: bytes
+) -> bool:
+    """Whether the proof holds; InvalidInputError for a hash that is not 32 bytes."""
+
+def merkle_verify_consistency(
+    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: list[bytes]
+) -> bool:
+    """Whether the proof holds; InvalidInputError for a hash that is not 32 bytes."""
