@@ -45,8 +45,18 @@ mod tests {
     fn rejects_length_mismatch() {
         let mut acc = vec![0.0; 3];
         let err = accumulate_weighted(&mut acc, &[1.0, 2.0], 1.0).unwrap_err();
-        assert_eq!(err, CoreError::LengthMismatch { expected: 3, got: 2 });
-        assert_eq!(acc, vec![0.0; 3], "a rejected update must leave the sum untouched");
+        assert_eq!(
+            err,
+            CoreError::LengthMismatch {
+                expected: 3,
+                got: 2
+            }
+        );
+        assert_eq!(
+            acc,
+            vec![0.0; 3],
+            "a rejected update must leave the sum untouched"
+        );
     }
 
     #[test]
