@@ -12,3 +12,14 @@ def accumulate_weighted(
 
 def count_non_finite(update: npt.NDArray[np.float32]) -> int:
     """Number of NaN or infinite entries of ``update``."""
+
+def sample_discrete_gaussian(
+    sigma: float, size: int, seed: bytes | None = None, threads: int = 0
+) -> npt.NDArray[np.int64]:
+    """``size`` exact samples of N_Z(0, sigma^2) (Canonne-Kamath-Steinke), GIL released.
+
+    ``seed`` (32 bytes) makes the output reproducible and independent of ``threads``;
+    without it the seed comes from the OS. ``threads`` = 0 uses every core, 1 the calling
+    thread. Raises InvalidInputError for sigma outside [2**-16, 2**40] (or not finite),
+    a seed that is not 32 bytes, or more than 256 threads.
+    """
