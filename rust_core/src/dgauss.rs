@@ -477,9 +477,14 @@ struct General {
     tau: f64,
     /// fl(1 / (2 fl(sigma^2)))
     inv_2s2: f64,
+    /// inv_2s2 * B
+    inv_2s2_b: f64,
     /// Relative size of the error bound; tests raise it to exercise the
     /// integer fallback.
     slack: f64,
+    /// Proposals up to `x_fast` use the error bound `eps_fast_b`.
+    x_fast: u64,
+    eps_fast_b: f64,
 }
 
 /// The discrete Gaussian N_Z(0, sigma^2) for one sigma.
@@ -539,15 +544,21 @@ impl DiscreteGaussian {
             .and_then(|x| x.mul_u64(2))
             .expect("2 n d t^2 < 2^330");
         let s2 = sigma * sigma;
-        Params::General(General {
+        let inv_2s2 = 1.0 / (2.0 * s2);
+        let mut g = General {
             t,
             n,
             dt,
             den,
             tau: s2 / t as f64,
-            inv_2s2: 1.0 / (2.0 * s2),
-            slack: FILTER_SLACK,
-        })
+            inv_2s2,
+            inv_2s2_b: inv_2s2 * DIGIT_SCALE,
+            slack: 0.0,
+            x_fast: 0,
+            eps_fast_b: 0.0,
+        };
+        g.set_slack(FILTER_SLACK);
+        Params::General(g)
     }
 
     /// The sigma this sampler was built for.
@@ -661,13 +672,35 @@ fn accept_general_exact(c: &mut Coins, g: &General, x: u64) -> bool {
 const FILTER_SLACK: f64 = 1.0 / 35_184_372_088_832.0; // 2^-45
 /// The filter handles gamma below this; above it the integer path runs.
 const FILTER_MAX_GAMMA: f64 = 1_099_511_627_776.0; // 2^40
+/// Proposals up to this many multiples of t share one precomputed error bound
+/// (larger ones, with probability below e^-16, compute their own).
+const FILTER_FAST_T: u64 = 16;
 
-/// The acceptance coin of Algorithm 3, drawing the same words and returning the
-/// same answer as [`accept_general_exact`], but deciding almost every
+impl General {
+    /// Sets the relative error bound and the precomputed bound for
+    /// `x <= FILTER_FAST_T * t`: eps is increasing in x, so its value at the
+    /// largest such x serves them all (rounded up by 2^-20 against the
+    /// rounding of its own computation).
+    fn set_slack(&mut self, slack: f64) {
+        self.slack = slack;
+        self.x_fast = FILTER_FAST_T * self.t;
+        self.eps_fast_b = self.eps_b(self.x_fast as i64 as f64) * (1.0 + 1.0 / 1_048_576.0);
+    }
+
+    /// The error bound on gamma, times B, for a proposal `xf`.
+    #[inline(always)]
+    fn eps_b(&self, xf: f64) -> f64 {
+        let s = xf + self.tau;
+        (s * s * self.inv_2s2 + 1.0) * self.slack * DIGIT_SCALE
+    }
+}
+
+/// The acceptance coin of Algorithm 3, drawing the same digits and returning
+/// the same answer as [`accept_general_exact`], but deciding almost every
 /// comparison from a floating-point gamma, as exact geometric predicates do:
 /// a comparison is settled in floating point only when a proven error bound
 /// puts the exact answer on the same side; otherwise it is redone in integers
-/// with the word already drawn.
+/// with the digit already drawn.
 ///
 /// Error bound. With u = 2^-53, tau = sigma^2/t and c = 1/(2 sigma^2), the
 /// computed s2 = fl(sigma^2), tau~ = fl(s2/t), c~ = fl(1/(2 s2)), x~ = fl(x)
@@ -675,50 +708,60 @@ const FILTER_MAX_GAMMA: f64 = 1_099_511_627_776.0; // 2^40
 /// |fl(x~ - tau~) - (x - tau)| <= 4u (x + tau) and the computed
 /// g = fl(fl(d~ d~) c~) satisfies |g - gamma| <= 15u (x + tau)^2 c. The bound
 /// used, eps = slack ((x~ + tau~)^2 c~ + 1) with slack = 2^-45 > 16 * 15u,
-/// exceeds it with room for the rounding of eps itself. Next, floor(gamma) is
-/// taken only when [g - eps, g + eps] holds no integer, g - q is exact
-/// (Sterbenz), and each Algorithm 1 draw compares its digit w with
-/// T = (g - q) 2^8 / k, whose error is below eps 2^8 + 2^-44; the margin
-/// used is eps 2^8 + 2^-10.
+/// exceeds it with room for the rounding of eps itself and of g + eps. All of
+/// it is computed times B = 2^8 (gb = g B, eb = eps B), an exact scaling.
+/// floor(gamma) is taken only when [g - eps, g + eps] holds no integer,
+/// gb - q B is exact (Sterbenz), and each Algorithm 1 draw compares its digit
+/// w with T = (gb - q B) / k, whose error is below eb + 2^-44; the margin used
+/// is eb + 2^-10.
 #[inline(always)]
 fn accept_general(c: &mut Coins, g: &General, x: u64) -> bool {
-    let xf = x as i64 as f64; // x <= 2^62; the signed conversion is one instruction
+    // Conversions go through i64 (every value here is below 2^62): on x86-64
+    // the signed ones are single instructions, the unsigned ones are not.
+    let xf = x as i64 as f64;
     let d = xf - g.tau;
-    let gamma = d * d * g.inv_2s2;
-    let s = xf + g.tau;
-    let eps = (s * s * g.inv_2s2 + 1.0) * g.slack;
-    let hi = gamma + eps;
-    let lo = (gamma - eps).max(0.0);
-    // Truncation is floor here: 0 <= lo <= hi < 2^40.
-    if hi >= FILTER_MAX_GAMMA || lo as u64 != hi as u64 {
-        #[cfg(test)]
-        tests::FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return accept_general_exact(c, g, x);
-    }
-    let q = hi as u64;
-    for _ in 0..q {
-        if !bern_exp_minus_one(c) {
-            return false;
+    let gb = d * d * g.inv_2s2_b;
+    let eb = if x <= g.x_fast {
+        g.eps_fast_b
+    } else {
+        g.eps_b(xf)
+    };
+    let (q, frac_b) = if gb + eb < DIGIT_SCALE {
+        (0, gb) // gamma < 1: the common case, without a conversion on its path
+    } else {
+        let hi = (gb + eb) / DIGIT_SCALE;
+        let lo = ((gb - eb) / DIGIT_SCALE).max(0.0);
+        // Truncation is floor here: 0 <= lo <= hi < 2^40.
+        if hi >= FILTER_MAX_GAMMA || lo as i64 != hi as i64 {
+            #[cfg(test)]
+            tests::FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return accept_general_exact(c, g, x);
         }
-    }
-    let frac = gamma - q as f64;
-    let margin = eps * DIGIT_SCALE + 1.0 / 1024.0;
+        let q = hi as i64;
+        for _ in 0..q {
+            if !bern_exp_minus_one(c) {
+                return false;
+            }
+        }
+        (q as u64, gb - q as f64 * DIGIT_SCALE)
+    };
+    let margin = eb + 1.0 / 1024.0;
     let mut k: u64 = 1;
     loop {
         let w = c.digit();
         let threshold = if k == 1 {
-            frac * DIGIT_SCALE
+            frac_b
         } else {
-            frac * DIGIT_SCALE / k as f64
+            frac_b / k as i64 as f64
         };
-        let wf = w as f64;
+        let wf = w as i64 as f64;
         let success = if wf + 1.0 <= threshold - margin {
             true
         } else if wf >= threshold + margin {
             false
         } else {
             // Too close to call: the exact Bernoulli((gamma - q) / k) with the
-            // same first word.
+            // same first digit.
             #[cfg(test)]
             tests::FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let num = gamma_exact(g, x);
@@ -1085,7 +1128,7 @@ mod tests {
                 panic!("sigma {sigma} should take the general path");
             };
             for slack in [FILTER_SLACK, FILTER_SLACK * 2f64.powi(39)] {
-                g.slack = slack;
+                g.set_slack(slack);
                 let before = FALLBACKS.load(std::sync::atomic::Ordering::Relaxed);
                 let mut fast = Coins::new(&[i as u8; 32], 7);
                 let mut exact = Coins::new(&[i as u8; 32], 7);

@@ -180,3 +180,8 @@ def test_pmf_is_a_distribution() -> None:
 def test_pmf_rejects_non_integer_support() -> None:
     with pytest.raises(InvalidInputError, match="integers"):
         discrete_gaussian_pmf(1.0, np.array([0.5]))
+
+
+def test_size_beyond_memory_raises_memory_error() -> None:
+    with pytest.raises(MemoryError):
+        sample_discrete_gaussian(1.0, 10**15)

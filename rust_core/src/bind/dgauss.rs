@@ -28,7 +28,14 @@ fn sample_discrete_gaussian<'py>(
         })?,
         None => dgauss::os_seed().map_err(|e| to_py_err(py, e))?,
     };
-    let out = PyArray1::<i64>::zeros(py, size, false);
+    // Allocated by numpy.empty rather than PyArray1::zeros so that a size too
+    // large for memory raises MemoryError instead of panicking; every element is
+    // written below.
+    let out = py
+        .import("numpy")?
+        .getattr("empty")?
+        .call1((size, "int64"))?
+        .cast_into::<PyArray1<i64>>()?;
     {
         let mut view = out.readwrite();
         let slice = view.as_slice_mut()?;
