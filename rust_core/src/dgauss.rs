@@ -460,7 +460,7 @@ enum Params {
         s: u64,
         den: u128,
     },
-    General(General),
+    General(Box<General>),
 }
 
 /// Any other sigma: sigma^2 = n / d with d a power of four, t = floor(sigma) + 1
@@ -558,7 +558,7 @@ impl DiscreteGaussian {
             eps_fast_b: 0.0,
         };
         g.set_slack(FILTER_SLACK);
-        Params::General(g)
+        Params::General(Box::new(g))
     }
 
     /// The sigma this sampler was built for.
