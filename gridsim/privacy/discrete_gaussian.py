@@ -1,10 +1,12 @@
 """Exact discrete Gaussian noise, N_Z(0, sigma^2), from the Rust core.
 
 The sampler is Canonne, Kamath and Steinke's (NeurIPS 2020): rejection from
-the discrete Laplace with exact Bernoulli(exp(-gamma)) coins, every coin decided
-by integer comparisons on ChaCha20 output, so the samples follow the exact
-distribution rather than a floating-point approximation of it (Mironov, CCS
-2012). ``sigma`` is taken at the exact binary value of the float passed in.
+the discrete Laplace with exact Bernoulli(exp(-gamma)) coins, each coin an exact
+comparison of ChaCha20 output with a rational threshold (floating point settles
+one only where a proven error bound makes the answer certain), so the samples
+follow the exact distribution rather than a floating-point approximation of it
+(Mironov, CCS 2012). ``sigma`` is taken at the exact binary value of the float
+passed in. Rust side: ``rust_core/src/dgauss.rs``.
 
 Noise is drawn from a fresh OS seed unless ``seed`` is given; pass a seed only
 for a reproducible run, and record it, since anyone holding it can recompute
@@ -43,8 +45,9 @@ def sample_discrete_gaussian(
 
     ``seed`` (an integer in ``[0, 2**256)``) makes the output reproducible: the
     same ``seed`` and ``size`` give the same array on any machine and with any
-    number of threads, and a longer array extends a shorter one in chunks of
-    16384 samples. ``threads`` = 0 uses every core; 1 runs on the calling thread.
+    number of threads, and an array drawn with the same seed but a larger size
+    starts with the smaller one. ``threads`` = 0 uses every core; 1 runs on the
+    calling thread.
 
     Raises :class:`~gridsim.exceptions.InvalidInputError` for a sigma that is not
     a finite number in ``[2**-16, 2**40]``, a negative size, or a bad seed.

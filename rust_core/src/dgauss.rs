@@ -289,21 +289,35 @@ const E1_CUTS: [u64; E1_TERMS] = {
     cuts
 };
 
+/// The cuts a digit can tie with: those where B/k! is not a whole number
+/// (u64::MAX, which no digit equals, elsewhere).
+const E1_TIES: [u64; E1_TERMS] = {
+    let mut ties = [u64::MAX; E1_TERMS];
+    let mut i = 0;
+    while i < E1_TERMS {
+        if DIGIT_BASE % FACTORIALS[i] != 0 {
+            ties[i] = E1_CUTS[i];
+        }
+        i += 1;
+    }
+    ties
+};
+
 /// Bernoulli(exp(-1)): Algorithm 1 with gamma = 1, its coins drawn by
 /// inversion. Algorithm 1 stops at the first k with A_k = 0, where
 /// A_k ~ Bernoulli(1/k), so P(K > k) = 1/k!; the same K is
 /// 1 + #{k >= 1 : V < 1/k!} for one uniform V, and the output is "K odd". One
 /// digit w of V settles every comparison except when w equals a cut
-/// floor(B/k!) or is 0 (probability 5/2^8), handled by
+/// floor(B/k!) that is not exactly B/k!, or is 0 (probability 4/2^8), handled by
 /// [`bern_exp_minus_one_tie`]; no branch depends on the other values of w.
 #[inline(always)]
 fn bern_exp_minus_one(c: &mut Coins) -> bool {
     let w = c.digit();
     let mut below = 0u32; // #{k >= 2 : w < floor(B/k!)}
     let mut tie = w == 0;
-    for cut in E1_CUTS {
+    for (cut, tie_cut) in E1_CUTS.into_iter().zip(E1_TIES) {
         below += u32::from(w < cut);
-        tie |= w == cut;
+        tie |= w == tie_cut;
     }
     if tie {
         return bern_exp_minus_one_tie(c, w);
