@@ -397,7 +397,7 @@ fn bern_exp(c: &mut Coins, num: u128, den: u128) -> bool {
 /// Bernoulli(exp(-a/b)), `0 <= a <= b`, for wide integers (Algorithm 1).
 fn bern_exp_frac_wide(c: &mut Coins, a: &Wide, b: &Wide) -> bool {
     // No shortcut for a = 0 (the first draw fails and K = 1 is odd): the
-    // filtered Algorithm 1 of `accept_general` must draw the same words.
+    // filtered Algorithm 1 of `accept_general` must draw the same digits.
     let mut k: u64 = 1;
     loop {
         let d = b.mul_u64(k).expect("b < 2^400 and k < 2^64");
