@@ -35,3 +35,14 @@ def merkle_verify_consistency(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: list[bytes]
 ) -> bool:
     """Whether the proof holds; InvalidInputError for a hash that is not 32 bytes."""
+
+def sample_discrete_gaussian(
+    sigma: float, size: int, seed: bytes | None = None, threads: int = 0
+) -> npt.NDArray[np.int64]:
+    """``size`` exact samples of N_Z(0, sigma^2) (Canonne-Kamath-Steinke), GIL released.
+
+    ``seed`` (32 bytes) makes the output reproducible and independent of ``threads``;
+    without it the seed comes from the OS. ``threads`` = 0 uses every core, 1 the calling
+    thread. Raises InvalidInputError for sigma outside [2**-16, 2**40] (or not finite),
+    a seed that is not 32 bytes, or more than 256 threads.
+    """

@@ -14,7 +14,7 @@ import sys
 
 
 async def serve(port: int) -> None:
-    from amqtt.broker import Broker  # type: ignore[import-untyped]
+    from amqtt.broker import Broker
 
     config = {
         "listeners": {

@@ -159,7 +159,7 @@ class BrokerProcess:
             cmd = [exe, "-c", str(conf)]
         else:
             try:
-                import amqtt  # type: ignore[import-untyped]  # noqa: F401
+                import amqtt  # noqa: F401
             except ImportError:
                 raise BrokerError(
                     "no broker available: install mosquitto, or amqtt (pip install amqtt)"
