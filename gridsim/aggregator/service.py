@@ -99,9 +99,13 @@ class Aggregator:
         if topic.startswith(f"{self.topics.prefix}/status/"):
             self._on_status(topic, payload)
             return
+        # Per-topic limits: nothing a meter sends legitimately is larger than
+        # its update (the model's float32 bytes plus a small header).
+        is_update = topic.startswith(f"{self.topics.prefix}/update/")
+        limit = 4 * int(self.model.shape[0]) + 4096 if is_update else 4096
         try:
             meter = self.topics.meter_of(topic)
-            msg = codec.decode(payload)
+            msg = codec.decode(payload, max_bytes=limit)
         except MessageError as exc:
             self._reject(topic, str(exc))
             return
