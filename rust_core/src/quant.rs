@@ -238,7 +238,8 @@ impl Quantizer {
 /// decodes without wrapping modulo `2^bits`: `n * ceil(clip * scale) <=
 /// 2^(bits-1) - 1`.
 pub fn max_scale(clip: f64, bits: u32, n: u64) -> Result<f64> {
-    if !(clip.is_finite() && clip > 0.0) || !(2..=64).contains(&bits) || n == 0 {
+    let valid = clip.is_finite() && clip > 0.0 && (2..=64).contains(&bits) && n > 0;
+    if !valid {
         return Err(CoreError::InvalidArgument(format!(
             "need clip > 0, bits in 2..=64 and n >= 1, got clip={clip} bits={bits} n={n}"
         )));

@@ -372,6 +372,39 @@ mod tests {
         }
     }
 
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn shares_known_answer() {
+        // tests/data/secagg/shamir_kat.json vector 1, computed by the reference
+        // on Python integers + OpenSSL's ChaCha20 (tests/data/secagg/make_kat.py).
+        let secret: [u8; 32] =
+            unhex("9402cebc281424a70c96585a9676a4463ab5bd40b03c0f5f39002034f8ac28e2")
+                .try_into()
+                .unwrap();
+        let seed: [u8; 32] =
+            unhex("5d12491ec7f101c485f62dda7cec8d86bea3d6580b8ddea3c2bcfc20e3ecf130")
+                .try_into()
+                .unwrap();
+        let shares = split_n(&secret, 2, 3, &mut ChaCha20Rng::from_seed(seed)).unwrap();
+        let expected = [
+            "0102000000010000004e94986c456d6edb18bafad102b4ed6ab6cf405c3034d3a46a28d0bd64233939bfb7da8d73d91bbb287cc73aa9d03112c1834921dffa296911fb8db40d9e0f0a",
+            "010200000003000000c4b72dcc7e1f0344492ef075081cc9400b43116064af30613f7970392e6aab2bc9bc1428fa123573797456b0fb719536d18a9cfbac962c7732f1a91d29da2e1e",
+        ];
+        assert_eq!(shares[0].to_bytes().to_vec(), unhex(expected[0]));
+        assert_eq!(shares[2].to_bytes().to_vec(), unhex(expected[1]));
+        let parsed = [
+            Share::from_bytes(&unhex(expected[1])).unwrap(),
+            Share::from_bytes(&unhex(expected[0])).unwrap(),
+        ];
+        assert_eq!(combine(&parsed).unwrap(), secret);
+    }
+
     #[test]
     fn any_t_shares_reconstruct() {
         let s = secret(1);
