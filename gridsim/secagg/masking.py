@@ -38,7 +38,7 @@ verify.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, TypeAlias
+from typing import NamedTuple, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -151,12 +151,28 @@ def expand_masks(
     if acc.dtype == np.uint32:
         _check_bits(bits, 32)
         _core.expand_masks_u32(
-            acc, seed_arr, stream_arr, sign_arr, session, round, vector, bits, threads
+            cast(npt.NDArray[np.uint32], acc),
+            seed_arr,
+            stream_arr,
+            sign_arr,
+            session,
+            round,
+            vector,
+            bits,
+            threads,
         )
     elif acc.dtype == np.uint64:
         _check_bits(bits, 64)
         _core.expand_masks_u64(
-            acc, seed_arr, stream_arr, sign_arr, session, round, vector, bits, threads
+            cast(npt.NDArray[np.uint64], acc),
+            seed_arr,
+            stream_arr,
+            sign_arr,
+            session,
+            round,
+            vector,
+            bits,
+            threads,
         )
     else:
         raise InvalidInputError(f"acc must be uint32 or uint64, got {acc.dtype}")
@@ -174,7 +190,7 @@ def mask(
     dtype: type[np.uint32] | type[np.uint64] = np.uint32,
 ) -> MaskArray:
     """The mask of one seed as an array of ``d`` words (for tests and tools)."""
-    out: MaskArray = np.zeros(d, dtype=dtype)
+    out = cast(MaskArray, np.zeros(d, dtype=dtype))
     expand_masks(out, [seed], [1], session, round, streams=[stream], bits=bits, vector=vector)
     return out
 
