@@ -30,6 +30,17 @@ Shamir sharing
     :data:`SHARE_LEN` bytes: version (1), threshold (u32 LE), x (u32 LE), four
     y-coordinates (16 bytes LE each).
 
+How a round uses them (Bonawitz et al. 2017, Bell et al. 2020)
+    Meter ``u`` with quantised input ``q``, self-mask seed ``b_u`` and pairwise seeds
+    ``s_uv`` (one per neighbour ``v``) sends
+    ``q + mask(b_u) + sum_{v > u} mask(s_uv) - sum_{v < u} mask(s_uv)`` modulo
+    ``2**bits``: one :func:`expand_masks` call with signs ``[+1] + [+1 if u < v else
+    -1 ...]`` and streams ``[self_stream_id(u)] + [pair_stream_id(u, v) ...]``. The
+    aggregator sums the survivors' vectors and removes, again in one call, each
+    survivor's self mask (sign -1) and, for each dropped meter ``u`` and each
+    surviving neighbour ``v``, the pairwise mask ``v`` added (sign ``-1 if v < u
+    else +1``); what remains is the survivors' sum, bit for bit.
+
 Errors are :class:`gridsim.exceptions.InvalidInputError` for bad arguments and
 :class:`gridsim.exceptions.IntegrityError` for shares or packed data that fail to
 verify.
