@@ -117,7 +117,9 @@ def _check_bits(bits: int, word_bits: int) -> None:
 
 def _seed_matrix(seeds: SeedsLike) -> npt.NDArray[np.uint8]:
     if isinstance(seeds, np.ndarray):
-        arr = np.ascontiguousarray(seeds, dtype=np.uint8)
+        if seeds.dtype != np.uint8:
+            raise InvalidInputError(f"a seed array must be uint8, got {seeds.dtype}")
+        arr = np.ascontiguousarray(seeds)
         if arr.ndim != 2 or arr.shape[1] != SEED_LEN:
             raise InvalidInputError(f"seeds must have shape (m, {SEED_LEN}), got {arr.shape}")
         return arr

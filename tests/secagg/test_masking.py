@@ -258,6 +258,8 @@ def test_rejected_call_leaves_accumulator_untouched() -> None:
         sm.expand_masks(acc, [bytes(32)], [1, 1], b"s", 0, streams=[0], bits=32)
     with pytest.raises(InvalidInputError, match="uint32 or uint64"):
         sm.expand_masks(acc.astype(np.int64), [bytes(32)], [1], b"s", 0, streams=[0], bits=32)
+    with pytest.raises(InvalidInputError, match="uint8"):
+        sm.expand_masks(acc, np.zeros((1, 32), np.int64), [1], b"s", 0, streams=[0], bits=32)
     assert acc.tolist() == list(range(10))
 
 
