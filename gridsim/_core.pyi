@@ -46,3 +46,82 @@ def sample_discrete_gaussian(
     thread. Raises InvalidInputError for sigma outside [2**-16, 2**40] (or not finite),
     a seed that is not 32 bytes, or more than 256 threads.
     """
+
+# ---- secure aggregation: masks, quantisation, packing, Shamir (rust_core/src/bind/masking.rs)
+
+def expand_masks_u32(
+    acc: npt.NDArray[np.uint32],
+    seeds: npt.NDArray[np.uint8],
+    streams: npt.NDArray[np.uint64],
+    signs: npt.NDArray[np.int8],
+    session: bytes,
+    round: int,
+    vector: int,
+    bits: int,
+    threads: int = 0,
+) -> None:
+    """Add (+1) / subtract (-1) the AES-256-CTR mask of each seed row into ``acc``, mod 2^bits."""
+
+def expand_masks_u64(
+    acc: npt.NDArray[np.uint64],
+    seeds: npt.NDArray[np.uint8],
+    streams: npt.NDArray[np.uint64],
+    signs: npt.NDArray[np.int8],
+    session: bytes,
+    round: int,
+    vector: int,
+    bits: int,
+    threads: int = 0,
+) -> None:
+    """As ``expand_masks_u32`` for a u64 accumulator (bits up to 64)."""
+
+def derive_mask_key(
+    seed: bytes, session: bytes, round: int, vector: int, stream: int, word_bits: int
+) -> bytes:
+    """The AES-256 key of one mask stream."""
+
+def aes_hardware() -> bool:
+    """True when AES runs on AES-NI."""
+
+def quantize_u32(
+    x: npt.NDArray[np.float32], clip: float, scale: float, bits: int, seed: bytes | None = None
+) -> tuple[npt.NDArray[np.uint32], int]:
+    """Clip, scale, round stochastically, reduce mod 2^bits (<= 32); (residues, saturated)."""
+
+def quantize_u64(
+    x: npt.NDArray[np.float32], clip: float, scale: float, bits: int, seed: bytes | None = None
+) -> tuple[npt.NDArray[np.uint64], int]:
+    """Clip, scale, round stochastically, reduce mod 2^bits (<= 64); (residues, saturated)."""
+
+def dequantize_sum_u32(
+    total: npt.NDArray[np.uint32], clip: float, scale: float, bits: int, n: int
+) -> tuple[npt.NDArray[np.float64], int]:
+    """Decode the modular sum of n quantised vectors; (values, out-of-range count)."""
+
+def dequantize_sum_u64(
+    total: npt.NDArray[np.uint64], clip: float, scale: float, bits: int, n: int
+) -> tuple[npt.NDArray[np.float64], int]:
+    """Decode the modular sum of n quantised vectors; (values, out-of-range count)."""
+
+def max_scale(clip: float, bits: int, n: int) -> float:
+    """Largest scale at which a sum of n clipped vectors cannot wrap modulo 2^bits."""
+
+def pack_u32(values: npt.NDArray[np.uint32], bits: int) -> bytes:
+    """Pack at exactly ``bits`` bits per value, little-endian bit order."""
+
+def pack_u64(values: npt.NDArray[np.uint64], bits: int) -> bytes:
+    """Pack at exactly ``bits`` bits per value, little-endian bit order."""
+
+def unpack_u32(data: bytes, bits: int, d: int) -> npt.NDArray[np.uint32]:
+    """Unpack ``d`` values of ``bits`` bits (<= 32)."""
+
+def unpack_u64(data: bytes, bits: int, d: int) -> npt.NDArray[np.uint64]:
+    """Unpack ``d`` values of ``bits`` bits (<= 64)."""
+
+def shamir_split(
+    secret: bytes, threshold: int, xs: list[int], seed: bytes | None = None
+) -> list[bytes]:
+    """Shamir-share a 32-byte secret over GF(2^127 - 1) at x-coordinates ``xs``."""
+
+def shamir_combine(shares: list[bytes]) -> bytes:
+    """Reconstruct the 32-byte secret from at least t encoded shares."""

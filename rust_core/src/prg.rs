@@ -1,1 +1,690 @@
-//! (placeholder: filled in by its own change)
+//! Mask expansion for secure aggregation: a cryptographic PRG keyed by the full
+//! 256-bit seed, fused with wrapping addition into an accumulator.
+//!
+//! # The PRG: AES-256 in counter mode
+//!
+//! Every mask is the keystream of AES-256-CTR (NIST SP 800-38A, 128-bit
+//! big-endian counter block starting at zero) under a key derived from the
+//! whole 32-byte seed and the context the mask is used in (see [`derive_key`]).
+//! The `aes` crate picks AES-NI at run time when the CPU has it and falls back
+//! to its constant-time bitsliced software implementation otherwise
+//! ([`aes_hardware`] says which one runs).
+//!
+//! Chosen by measurement on the target class of machine (AMD EPYC, AES-NI,
+//! AVX2/AVX-512), one core, 21 streams of 100,000 u32 words (one meter of
+//! SecAgg+ with k = 20 neighbours plus its self mask, 8.4 MB of keystream),
+//! fused with the wrapping add:
+//!
+//! | PRG (crate)                          | time    | throughput |
+//! |--------------------------------------|---------|------------|
+//! | AES-128-CTR (`aes` 0.8 + `ctr` 0.9)  | 0.95 ms | 8.9 GB/s   |
+//! | AES-256-CTR (`aes` 0.8 + `ctr` 0.9)  | 1.18 ms | 7.1 GB/s   |
+//! | ChaCha20 (`chacha20` 0.9, AVX2)      | 5.1 ms  | 1.6 GB/s   |
+//! | ChaCha8 (`chacha20` 0.9, AVX2)       | 2.1 ms  | 4.0 GB/s   |
+//!
+//! AES-256 keeps the full 256-bit key strength of the seed and still meets the
+//! 1.5 ms budget; AES-128 would be faster but would cut the key to 128 bits,
+//! and ChaCha20 misses the budget by 3.4x on this hardware. The AES-256
+//! keystream alone runs at 8.0 GB/s (OpenSSL's AES-256-CTR on the same core:
+//! 8.6 GB/s), so the fused add costs about 12%. Split over both cores the same
+//! call takes 0.63-0.67 ms when the second core is otherwise idle.
+//!
+//! # From keystream to masks
+//!
+//! The keystream is read as little-endian words of the accumulator's width:
+//! mask word `i` of a u32 stream is keystream bytes `4i..4i+4`, of a u64 stream
+//! bytes `8i..8i+8`. A mask modulo 2^b is the word's low `b` bits. Because 2^b
+//! divides 2^32 (2^64), the accumulator adds whole words with wrapping
+//! arithmetic and is reduced modulo 2^b once, at the end of the call.
+//!
+//! # The hot loop
+//!
+//! The accumulator is walked in chunks of [`CHUNK_BLOCKS`] AES blocks (4 KiB
+//! of keystream); for each chunk every stream writes its keystream into one
+//! L1-resident buffer, which is immediately added to (or subtracted from) the
+//! chunk. No mask is ever materialised in full. Large calls are split into
+//! contiguous parts, one per rayon worker, each starting its counters at the
+//! part's block offset.
+
+use aes::cipher::consts::U16;
+use aes::cipher::generic_array::GenericArray;
+use aes::cipher::{KeyIvInit, StreamCipherCore};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{CoreError, Result};
+
+/// Length in bytes of a mask seed (a pairwise key or a self-mask seed).
+pub const SEED_LEN: usize = 32;
+
+/// A mask seed: 256 uniformly random bits, all of which key the PRG.
+pub type Seed = [u8; SEED_LEN];
+
+/// Domain-separation tag that opens every key derivation; bump the version if
+/// anything about the derivation or the keystream layout changes.
+pub const KEY_DOMAIN: &[u8] = b"gridsim/secagg/mask-prg/v1/aes-256-ctr";
+
+/// AES blocks of keystream per chunk of the accumulator (4 KiB).
+pub const CHUNK_BLOCKS: usize = 256;
+
+/// Below this many accumulator words per worker, splitting across threads
+/// costs more than it saves.
+const MIN_WORDS_PER_PART: usize = 16 * 1024;
+
+type AesCtr = ctr::CtrCore<aes::Aes256Enc, ctr::flavors::Ctr128BE>;
+type Block = GenericArray<u8, U16>;
+
+/// Where a mask is used: every field goes into the key derivation, so the same
+/// seed never yields the same keystream in two contexts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskContext<'a> {
+    /// Identifier of the aggregation session (e.g. a random 16-byte id fixed
+    /// at enrolment). Any length up to `u32::MAX` bytes.
+    pub session: &'a [u8],
+    /// Round number within the session.
+    pub round: u64,
+    /// Which vector of the round is masked (0 for the model update; other
+    /// values for further vectors summed in the same round).
+    pub vector: u32,
+}
+
+/// Whether a mask is added to or subtracted from the accumulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sign {
+    Add,
+    Subtract,
+}
+
+/// One mask to expand: its seed, its stream id (see [`pair_stream_id`] and
+/// [`self_stream_id`]) and whether it is added or subtracted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaskStream {
+    pub seed: Seed,
+    pub stream: u64,
+    pub sign: Sign,
+}
+
+/// Stream id of the pairwise mask between meters `a` and `b`: the unordered
+/// pair `(min, max)` as `min << 32 | max`, so both meters derive the same key.
+pub fn pair_stream_id(a: u32, b: u32) -> u64 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    (u64::from(lo) << 32) | u64::from(hi)
+}
+
+/// Stream id of meter `meter`'s self mask: the pair `(meter, meter)`, which no
+/// pairwise mask can use.
+pub fn self_stream_id(meter: u32) -> u64 {
+    pair_stream_id(meter, meter)
+}
+
+/// True when AES runs on the CPU's AES instructions (AES-NI) rather than the
+/// (correct, constant-time, several times slower) software fallback.
+pub fn aes_hardware() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    {
+        std::arch::is_x86_feature_detected!("aes")
+    }
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]
+    {
+        false
+    }
+}
+
+/// The AES-256 key of one mask stream.
+///
+/// `key = SHA-256(KEY_DOMAIN || u32le(len(session)) || session || u64le(round)
+///                || u32le(vector) || u64le(stream) || u8(word_bits) || seed)`
+///
+/// where `word_bits` is 32 or 64, the width of the accumulator the keystream is
+/// read into. Every field before the seed has a fixed length or a length
+/// prefix, so two different contexts never encode to the same input. The
+/// counter block starts at zero: the key is unique per context, so no nonce is
+/// needed on top of it.
+pub fn derive_key(
+    seed: &Seed,
+    ctx: &MaskContext<'_>,
+    stream: u64,
+    word_bits: u32,
+) -> Result<[u8; 32]> {
+    if word_bits != 32 && word_bits != 64 {
+        return Err(CoreError::InvalidArgument(format!(
+            "word width must be 32 or 64 bits, got {word_bits}"
+        )));
+    }
+    let session_len = u32::try_from(ctx.session.len()).map_err(|_| {
+        CoreError::InvalidArgument(format!(
+            "session id of {} bytes is longer than 2^32 - 1",
+            ctx.session.len()
+        ))
+    })?;
+    let mut h = Sha256::new();
+    h.update(KEY_DOMAIN);
+    h.update(session_len.to_le_bytes());
+    h.update(ctx.session);
+    h.update(ctx.round.to_le_bytes());
+    h.update(ctx.vector.to_le_bytes());
+    h.update(stream.to_le_bytes());
+    h.update([word_bits as u8]);
+    h.update(seed);
+    Ok(h.finalize().into())
+}
+
+/// An accumulator word: u32 or u64, filled from little-endian keystream bytes.
+pub trait MaskWord: Copy + Default + Send + Sync {
+    const BITS: u32;
+    /// Words per 16-byte AES block (at most 4).
+    const PER_BLOCK: usize;
+    /// `acc += block` word by word; `acc` holds exactly `PER_BLOCK` words.
+    fn add_block(acc: &mut [Self], block: &[u8; 16]);
+    /// `acc -= block` word by word; `acc` holds exactly `PER_BLOCK` words.
+    fn sub_block(acc: &mut [Self], block: &[u8; 16]);
+    /// `acc mod 2^bits`, in place.
+    fn reduce(acc: &mut [Self], bits: u32);
+}
+
+impl MaskWord for u32 {
+    const BITS: u32 = 32;
+    const PER_BLOCK: usize = 4;
+
+    #[inline(always)]
+    fn add_block(acc: &mut [u32], k: &[u8; 16]) {
+        let acc: &mut [u32; 4] = acc.try_into().expect("one block of words");
+        for (j, a) in acc.iter_mut().enumerate() {
+            let w = u32::from_le_bytes([k[4 * j], k[4 * j + 1], k[4 * j + 2], k[4 * j + 3]]);
+            *a = a.wrapping_add(w);
+        }
+    }
+
+    #[inline(always)]
+    fn sub_block(acc: &mut [u32], k: &[u8; 16]) {
+        let acc: &mut [u32; 4] = acc.try_into().expect("one block of words");
+        for (j, a) in acc.iter_mut().enumerate() {
+            let w = u32::from_le_bytes([k[4 * j], k[4 * j + 1], k[4 * j + 2], k[4 * j + 3]]);
+            *a = a.wrapping_sub(w);
+        }
+    }
+
+    fn reduce(acc: &mut [u32], bits: u32) {
+        if bits < 32 {
+            let m = (1u32 << bits) - 1;
+            acc.iter_mut().for_each(|a| *a &= m);
+        }
+    }
+}
+
+impl MaskWord for u64 {
+    const BITS: u32 = 64;
+    const PER_BLOCK: usize = 2;
+
+    #[inline(always)]
+    fn add_block(acc: &mut [u64], k: &[u8; 16]) {
+        let acc: &mut [u64; 2] = acc.try_into().expect("one block of words");
+        for (j, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(k[8 * j..8 * j + 8].try_into().expect("8 bytes"));
+            *a = a.wrapping_add(w);
+        }
+    }
+
+    #[inline(always)]
+    fn sub_block(acc: &mut [u64], k: &[u8; 16]) {
+        let acc: &mut [u64; 2] = acc.try_into().expect("one block of words");
+        for (j, a) in acc.iter_mut().enumerate() {
+            let w = u64::from_le_bytes(k[8 * j..8 * j + 8].try_into().expect("8 bytes"));
+            *a = a.wrapping_sub(w);
+        }
+    }
+
+    fn reduce(acc: &mut [u64], bits: u32) {
+        if bits < 64 {
+            let m = (1u64 << bits) - 1;
+            acc.iter_mut().for_each(|a| *a &= m);
+        }
+    }
+}
+
+/// `acc[i] = (acc[i] ± mask_s[i] for every stream s) mod 2^bits`, u32 words.
+///
+/// `bits` is in `1..=32`. `threads` is the number of parts the accumulator is
+/// split into for rayon's pool (0: as many as the pool has workers; 1: run on
+/// the calling thread); small calls always run on the calling thread.
+pub fn expand_masks_u32(
+    acc: &mut [u32],
+    streams: &[MaskStream],
+    ctx: &MaskContext<'_>,
+    bits: u32,
+    threads: usize,
+) -> Result<()> {
+    expand_masks(acc, streams, ctx, bits, threads)
+}
+
+/// `acc[i] = (acc[i] ± mask_s[i] for every stream s) mod 2^bits`, u64 words;
+/// `bits` is in `1..=64`. See [`expand_masks_u32`].
+pub fn expand_masks_u64(
+    acc: &mut [u64],
+    streams: &[MaskStream],
+    ctx: &MaskContext<'_>,
+    bits: u32,
+    threads: usize,
+) -> Result<()> {
+    expand_masks(acc, streams, ctx, bits, threads)
+}
+
+/// The generic form of [`expand_masks_u32`] and [`expand_masks_u64`].
+pub fn expand_masks<W: MaskWord>(
+    acc: &mut [W],
+    streams: &[MaskStream],
+    ctx: &MaskContext<'_>,
+    bits: u32,
+    threads: usize,
+) -> Result<()> {
+    if bits == 0 || bits > W::BITS {
+        return Err(CoreError::InvalidArgument(format!(
+            "modulus bits must be in 1..={}, got {bits}",
+            W::BITS
+        )));
+    }
+    // Derive every key before touching `acc`, so a rejected call changes nothing.
+    let keys = streams
+        .iter()
+        .map(|s| derive_key(&s.seed, ctx, s.stream, W::BITS).map(|k| (k, s.sign)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let parts = if threads == 0 {
+        rayon::current_num_threads()
+    } else {
+        threads
+    };
+    let parts = parts.min(acc.len() / MIN_WORDS_PER_PART).max(1);
+    if parts == 1 {
+        expand_part(acc, 0, &keys);
+    } else {
+        // Parts start on block boundaries so each can seek its counters.
+        let per_part = acc.len().div_ceil(parts).div_ceil(W::PER_BLOCK) * W::PER_BLOCK;
+        acc.par_chunks_mut(per_part)
+            .enumerate()
+            .for_each(|(i, part)| expand_part(part, (i * per_part / W::PER_BLOCK) as u128, &keys));
+    }
+    W::reduce(acc, bits);
+    Ok(())
+}
+
+/// Adds the keystreams of `keys`, starting at AES block `first_block`, into `acc`.
+fn expand_part<W: MaskWord>(acc: &mut [W], first_block: u128, keys: &[([u8; 32], Sign)]) {
+    let iv = first_block.to_be_bytes();
+    let mut ciphers: Vec<(AesCtr, Sign)> = keys
+        .iter()
+        .map(|(k, sign)| (AesCtr::new(k.into(), &iv.into()), *sign))
+        .collect();
+    let mut buf = vec![Block::default(); CHUNK_BLOCKS];
+    for chunk in acc.chunks_mut(CHUNK_BLOCKS * W::PER_BLOCK) {
+        let nblocks = chunk.len().div_ceil(W::PER_BLOCK);
+        let blocks = &mut buf[..nblocks];
+        let full = chunk.len() / W::PER_BLOCK * W::PER_BLOCK;
+        for (cipher, sign) in ciphers.iter_mut() {
+            cipher.write_keystream_blocks(blocks);
+            let (head, tail) = chunk.split_at_mut(full);
+            let words = head.chunks_exact_mut(W::PER_BLOCK).zip(blocks.iter());
+            match sign {
+                Sign::Add => words.for_each(|(a, k)| W::add_block(a, k.as_ref())),
+                Sign::Subtract => words.for_each(|(a, k)| W::sub_block(a, k.as_ref())),
+            }
+            if !tail.is_empty() {
+                // The last, partial block of the vector: pad to a whole block.
+                let mut pad = [W::default(); 4];
+                pad[..tail.len()].copy_from_slice(tail);
+                let k = blocks
+                    .last()
+                    .expect("a partial block was generated")
+                    .as_ref();
+                match sign {
+                    Sign::Add => W::add_block(&mut pad[..W::PER_BLOCK], k),
+                    Sign::Subtract => W::sub_block(&mut pad[..W::PER_BLOCK], k),
+                }
+                tail.copy_from_slice(&pad[..tail.len()]);
+            }
+        }
+    }
+}
+
+/// One meter's masking at benchmark size, for a quick look without Python:
+/// `cargo test --release -p gridsim-core -- --ignored --nocapture prg_speed`.
+#[cfg(test)]
+#[test]
+#[ignore = "timing, not a check"]
+fn prg_speed() {
+    let ctx = MaskContext {
+        session: b"bench",
+        round: 1,
+        vector: 0,
+    };
+    let streams: Vec<MaskStream> = (0..1340u32)
+        .map(|i| MaskStream {
+            seed: [i as u8; 32],
+            stream: u64::from(i),
+            sign: Sign::Add,
+        })
+        .collect();
+    let mut acc = vec![0u32; 100_000];
+    for (m, threads) in [(21, 1), (21, 2), (1340, 1), (1340, 2)] {
+        let streams = &streams[..m];
+        let mut times: Vec<f64> = (0..51)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                expand_masks_u32(&mut acc, streams, &ctx, 32, threads).unwrap();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let gbps = (m * acc.len() * 4) as f64 / times[25] / 1e9;
+        println!(
+            "streams={m} threads={threads}: median {:.3} ms, {gbps:.2} GB/s",
+            times[25] * 1e3
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> MaskContext<'static> {
+        MaskContext {
+            session: b"kat-session",
+            round: 7,
+            vector: 0,
+        }
+    }
+
+    fn seed(fill: u8) -> Seed {
+        core::array::from_fn(|i| fill.wrapping_add(i as u8))
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    fn mask_u32(seed: Seed, ctx: &MaskContext<'_>, stream: u64, d: usize, bits: u32) -> Vec<u32> {
+        let mut acc = vec![0u32; d];
+        let s = MaskStream {
+            seed,
+            stream,
+            sign: Sign::Add,
+        };
+        expand_masks_u32(&mut acc, &[s], ctx, bits, 1).unwrap();
+        acc
+    }
+
+    #[test]
+    fn aes256_ctr_matches_sp800_38a_f5_5() {
+        // NIST SP 800-38A F.5.5 (CTR-AES256.Encrypt), first two blocks.
+        let key = unhex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4");
+        let iv = unhex("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
+        let pt = unhex("6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e51");
+        let ct = "601ec313775789a5b7a7f504bbf3d228f443e3ca4d62b59aca84e990cacaf5c5";
+        let mut c = AesCtr::new(key.as_slice().into(), iv.as_slice().into());
+        let mut blocks = [Block::default(); 2];
+        c.write_keystream_blocks(&mut blocks);
+        let out: Vec<u8> = blocks
+            .iter()
+            .flat_map(|b| b.iter().copied())
+            .zip(&pt)
+            .map(|(k, p)| k ^ p)
+            .collect();
+        assert_eq!(hex(&out), ct);
+    }
+
+    #[test]
+    fn key_derivation_known_answer() {
+        // SHA-256 of the documented encoding, computed independently with
+        // Python's hashlib (tests/data/secagg/make_kat.py).
+        let key = derive_key(&seed(0), &ctx(), pair_stream_id(3, 9), 32).unwrap();
+        assert_eq!(
+            hex(&key),
+            "ffd00ac601401edf0bc9d49b19fd6909d28e11df452b745803a25bce8382db72"
+        );
+    }
+
+    #[test]
+    fn mask_words_known_answer() {
+        // tests/data/secagg/prg_kat.json vectors 0 and 4, computed by the
+        // reference on hashlib + OpenSSL (tests/data/secagg/make_kat.py).
+        let ctx = ctx();
+        let s0: Seed = unhex("c00c12d4781b205aeb9e4c7789d8220b80b1630444ba1987c327369142421df9")
+            .try_into()
+            .unwrap();
+        let m = mask_u32(s0, &ctx, pair_stream_id(3, 9), 4, 32);
+        assert_eq!(m, [2667522577, 1912139135, 2727139106, 805256084]);
+        let s4: Seed = unhex("651f32ae81903760a07a4a7a33087aac132fd439674c4af8dcb53a1d17a508b8")
+            .try_into()
+            .unwrap();
+        let mut acc = vec![0u64; 3];
+        let st = MaskStream {
+            seed: s4,
+            stream: pair_stream_id(9, 3),
+            sign: Sign::Add,
+        };
+        expand_masks_u64(&mut acc, &[st], &MaskContext { vector: 1, ..ctx }, 64, 1).unwrap();
+        assert_eq!(
+            acc,
+            [
+                4058109162608715859,
+                3322417984142743078,
+                12736496445031892910
+            ]
+        );
+    }
+
+    #[test]
+    fn every_context_field_changes_the_key() {
+        let s = seed(1);
+        let base = derive_key(&s, &ctx(), 5, 32).unwrap();
+        let variants = [
+            derive_key(&seed(2), &ctx(), 5, 32).unwrap(),
+            derive_key(
+                &s,
+                &MaskContext {
+                    session: b"kat-sessioN",
+                    ..ctx()
+                },
+                5,
+                32,
+            )
+            .unwrap(),
+            derive_key(&s, &MaskContext { round: 8, ..ctx() }, 5, 32).unwrap(),
+            derive_key(&s, &MaskContext { vector: 1, ..ctx() }, 5, 32).unwrap(),
+            derive_key(&s, &ctx(), 6, 32).unwrap(),
+            derive_key(&s, &ctx(), 5, 64).unwrap(),
+        ];
+        for v in variants {
+            assert_ne!(v, base);
+        }
+        // Length prefix: moving a byte between session and round must matter.
+        let a = MaskContext {
+            session: b"ab",
+            round: 0,
+            vector: 0,
+        };
+        let b = MaskContext {
+            session: b"a",
+            round: u64::from(b'b'),
+            vector: 0,
+        };
+        assert_ne!(
+            derive_key(&s, &a, 0, 32).unwrap(),
+            derive_key(&s, &b, 0, 32).unwrap()
+        );
+    }
+
+    #[test]
+    fn mask_is_keystream_read_little_endian() {
+        let s = seed(3);
+        let key = derive_key(&s, &ctx(), 11, 32).unwrap();
+        let mut c = AesCtr::new((&key).into(), &[0u8; 16].into());
+        let mut blocks = [Block::default(); 2];
+        c.write_keystream_blocks(&mut blocks);
+        let ks: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        let m = mask_u32(s, &ctx(), 11, 7, 32);
+        for (i, w) in m.iter().enumerate() {
+            assert_eq!(
+                *w,
+                u32::from_le_bytes(ks[4 * i..4 * i + 4].try_into().unwrap())
+            );
+        }
+        let m20 = mask_u32(s, &ctx(), 11, 7, 20);
+        for (a, b) in m.iter().zip(&m20) {
+            assert_eq!(a & 0xfffff, *b);
+        }
+    }
+
+    #[test]
+    fn pairwise_masks_cancel_and_self_masks_remain() {
+        let d = 5000;
+        let bits = 24;
+        let pair = MaskStream {
+            seed: seed(9),
+            stream: pair_stream_id(1, 2),
+            sign: Sign::Add,
+        };
+        let own = MaskStream {
+            seed: seed(4),
+            stream: self_stream_id(1),
+            sign: Sign::Add,
+        };
+        let mut u = vec![5u32; d];
+        expand_masks_u32(&mut u, &[pair, own], &ctx(), bits, 1).unwrap();
+        let mut v = vec![6u32; d];
+        expand_masks_u32(
+            &mut v,
+            &[MaskStream {
+                sign: Sign::Subtract,
+                ..pair
+            }],
+            &ctx(),
+            bits,
+            1,
+        )
+        .unwrap();
+        let mut sum: Vec<u32> = u
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| a.wrapping_add(*b) & 0xffffff)
+            .collect();
+        assert!(sum.iter().any(|&x| x != 11));
+        expand_masks_u32(
+            &mut sum,
+            &[MaskStream {
+                sign: Sign::Subtract,
+                ..own
+            }],
+            &ctx(),
+            bits,
+            1,
+        )
+        .unwrap();
+        assert_eq!(sum, vec![11u32; d]);
+    }
+
+    #[test]
+    fn parallel_split_equals_serial_for_odd_lengths() {
+        let streams: Vec<MaskStream> = (0..5)
+            .map(|i| MaskStream {
+                seed: seed(i),
+                stream: u64::from(i),
+                sign: if i % 2 == 0 {
+                    Sign::Add
+                } else {
+                    Sign::Subtract
+                },
+            })
+            .collect();
+        for d in [0, 1, 3, 1023, 1025, 40_001, 100_003] {
+            let init: Vec<u32> = (0..d as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
+            let mut serial = init.clone();
+            expand_masks_u32(&mut serial, &streams, &ctx(), 31, 1).unwrap();
+            for threads in [0, 2, 3, 7] {
+                let mut par = init.clone();
+                expand_masks_u32(&mut par, &streams, &ctx(), 31, threads).unwrap();
+                assert_eq!(par, serial, "d={d} threads={threads}");
+            }
+            let init64: Vec<u64> = init.iter().map(|&x| u64::from(x) << 20).collect();
+            let mut serial64 = init64.clone();
+            expand_masks_u64(&mut serial64, &streams, &ctx(), 64, 1).unwrap();
+            let mut par64 = init64.clone();
+            expand_masks_u64(&mut par64, &streams, &ctx(), 64, 2).unwrap();
+            assert_eq!(par64, serial64, "u64 d={d}");
+        }
+    }
+
+    #[test]
+    fn u64_words_use_eight_keystream_bytes() {
+        let s = seed(5);
+        let key = derive_key(&s, &ctx(), 2, 64).unwrap();
+        let mut c = AesCtr::new((&key).into(), &[0u8; 16].into());
+        let mut blocks = [Block::default(); 3];
+        c.write_keystream_blocks(&mut blocks);
+        let ks: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        let mut acc = vec![0u64; 5];
+        let st = MaskStream {
+            seed: s,
+            stream: 2,
+            sign: Sign::Add,
+        };
+        expand_masks_u64(&mut acc, &[st], &ctx(), 64, 1).unwrap();
+        for (i, w) in acc.iter().enumerate() {
+            assert_eq!(
+                *w,
+                u64::from_le_bytes(ks[8 * i..8 * i + 8].try_into().unwrap())
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_bad_bits_without_touching_acc() {
+        let mut acc = vec![1u32; 4];
+        let st = MaskStream {
+            seed: seed(0),
+            stream: 0,
+            sign: Sign::Add,
+        };
+        assert!(expand_masks_u32(&mut acc, &[st], &ctx(), 0, 1).is_err());
+        assert!(expand_masks_u32(&mut acc, &[st], &ctx(), 33, 1).is_err());
+        assert_eq!(acc, vec![1u32; 4]);
+        let mut acc64 = vec![1u64; 4];
+        assert!(expand_masks_u64(&mut acc64, &[st], &ctx(), 65, 1).is_err());
+    }
+
+    #[test]
+    fn masks_look_uniform() {
+        // Byte-level chi-square over 400 kB of one mask: 255 degrees of freedom,
+        // the 1e-6 false-alarm threshold is about 368.
+        let m = mask_u32(seed(7), &ctx(), 1, 100_000, 32);
+        let mut counts = [0u64; 256];
+        for w in &m {
+            for b in w.to_le_bytes() {
+                counts[b as usize] += 1;
+            }
+        }
+        let expected = (m.len() * 4) as f64 / 256.0;
+        let chi2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 - expected).powi(2) / expected)
+            .sum();
+        assert!(chi2 < 368.0, "chi2 = {chi2}");
+    }
+
+    #[test]
+    fn stream_ids_are_symmetric_and_distinct() {
+        assert_eq!(pair_stream_id(4, 9), pair_stream_id(9, 4));
+        assert_eq!(pair_stream_id(4, 9), (4u64 << 32) | 9);
+        assert_ne!(self_stream_id(4), pair_stream_id(4, 9));
+    }
+}
