@@ -18,41 +18,8 @@ import numpy.typing as npt
 
 from gridsim import _core
 from gridsim.exceptions import MessageError, RoundError
+from gridsim.learning.metrics import EvalTotals
 from gridsim.transport import codec
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalTotals:
-    sse: float = 0.0
-    sae: float = 0.0
-    count: int = 0
-    sum_y: float = 0.0
-    naive_sse: float = 0.0
-    naive_sae: float = 0.0
-
-    def add(self, r: codec.EvalReport) -> EvalTotals:
-        return EvalTotals(
-            self.sse + r.sse,
-            self.sae + r.sae,
-            self.count + r.count,
-            self.sum_y + r.sum_y,
-            self.naive_sse + r.naive_sse,
-            self.naive_sae + r.naive_sae,
-        )
-
-    def metrics(self) -> dict[str, float] | None:
-        """MAE, RMSE and nRMSE (RMSE over mean load) in kW, or None without data."""
-        if self.count == 0:
-            return None
-        rmse = math.sqrt(self.sse / self.count)
-        mean_y = self.sum_y / self.count
-        return {
-            "mae": self.sae / self.count,
-            "rmse": rmse,
-            "nrmse": rmse / mean_y if mean_y > 0 else math.inf,
-            "naive_mae": self.naive_sae / self.count,
-            "naive_rmse": math.sqrt(self.naive_sse / self.count),
-        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from gridsim.aggregator.fedavg_round import EvalTotals
 from gridsim.learning.batched import BatchedTrainer, TrainConfig
+from gridsim.learning.metrics import EvalTotals
 from gridsim.learning.windows import MeterWindows
-from gridsim.transport.codec import EvalReport
 
 
 def train_centralized(
@@ -41,7 +40,7 @@ def train_centralized(
     model = (initial + result.delta[0]).astype(np.float32)
     totals = EvalTotals()
     for e in trainer.evaluate(model, data):
-        totals = totals.add(EvalReport(e.sse, e.sae, e.count, e.sum_y, e.naive_sse, e.naive_sae))
+        totals = totals.add(e)
     metrics = totals.metrics()
     assert metrics is not None
     return model, metrics
