@@ -1,0 +1,761 @@
+"""Verify a ledger directory end to end, and prove one meter's contribution.
+
+``audit(path)`` checks, block by block and stopping at the first problem: the
+ledger key file; each head's Ed25519 signature, canonical form and origin; that
+each head names the previous head's hash and grows the tree; that every entry
+covered by a head decodes and belongs to its block's round; the Merkle root of
+the entries against every head; the RFC 9162 consistency proof between successive
+heads; the privacy budget recorded in the round records; and that
+``blockchain.json`` is exactly the export of the verified blocks. Entries past the
+last head (a writer killed between its fsync and its head) are reported, not
+verified.
+
+A ledger directory holds::
+
+    key.pub            the log's verifier key, <name>+<hex key id>+<base64 key>
+    entries.log        length-prefixed entries (see gridsim.ledger.entries)
+    heads/NNNNNNNN.checkpoint   the signed head of block N (C2SP checkpoint)
+    blockchain.json    the blocks, exported for readers of the original format
+
+``python -m gridsim audit LEDGER`` runs :func:`main`: exit 0 when intact, 1 when
+not (one line naming the first bad block and entry), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gridsim.exceptions import GridsimError, IntegrityError, MessageError
+from gridsim.ledger.checkpoint import (
+    NoteVerifier,
+    SignedHead,
+    load_pem_verifier,
+    load_verifier,
+    verify_head,
+)
+from gridsim.ledger.entries import (
+    Entry,
+    MeterContribution,
+    RoundRecord,
+    decode_entry,
+    describe,
+    read_frames,
+)
+from gridsim.ledger.merkle import (
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    verify_consistency,
+    verify_inclusion,
+)
+
+ENTRIES_LOG: Final = "entries.log"
+HEADS_DIR: Final = "heads"
+KEY_FILE: Final = "key.pub"
+BLOCKCHAIN_JSON: Final = "blockchain.json"
+HEAD_NAME: Final = re.compile(r"^([0-9]{8,})\.checkpoint$")
+BLOCKCHAIN_FORMAT: Final = "gridsim-blockchain"
+
+EpsilonOf = Callable[[Mapping[str, Any], int], float]
+"""``epsilon_of(dp_params, rounds)``: epsilon spent after ``rounds`` rounds with those params."""
+
+
+def head_file(index: int) -> str:
+    return f"{index:08d}.checkpoint"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One verified block: its head and the entries it added to the log."""
+
+    index: int
+    head: SignedHead
+    first: int
+    entries: tuple[Entry, ...]
+
+    @property
+    def session(self) -> str:
+        return self.entries[0].session
+
+    @property
+    def round(self) -> int:
+        return self.entries[0].round
+
+
+@dataclass
+class LedgerState:
+    """What a verified read of a ledger found (up to the first problem, if any)."""
+
+    verifier: NoteVerifier | None = None
+    blocks: list[Block] = field(default_factory=list)
+    leaves: list[bytes] = field(default_factory=list)
+    sealed_bytes: int = 0
+    """Length of the prefix of ``entries.log`` covered by the last verified head."""
+    unsealed_entries: int = 0
+    unsealed_bytes: int = 0
+    blockchain_blocks: int = 0
+
+    @property
+    def last_head(self) -> SignedHead | None:
+        return self.blocks[-1].head if self.blocks else None
+
+
+@dataclass
+class AuditReport:
+    """The verdict of :func:`audit`: ``ok``, and if not, the first problem and where."""
+
+    path: str
+    ok: bool
+    problem: str | None
+    bad_block: int | None
+    bad_entry: int | None
+    blocks: int
+    tree_size: int
+    root: str | None
+    head_hash: str | None
+    key: str | None
+    epsilon_spent: float | None
+    warnings: list[str]
+
+    def line(self) -> str:
+        """One line for people: the verdict, and the first problem when there is one."""
+        if not self.ok:
+            return f"TAMPERED {self.path}: {self.problem}"
+        text = (
+            f"OK {self.path}: {self.blocks} blocks, {self.tree_size} entries, "
+            f"root {self.root or '-'}"
+        )
+        if self.epsilon_spent is not None:
+            text += f", epsilon spent {self.epsilon_spent:g}"
+        return text
+
+    def summary(self) -> dict[str, Any]:
+        """The ``ledger`` section of ``summary.json``."""
+        return {
+            "path": self.path,
+            "size": self.tree_size,
+            "root": self.root,
+            "heads": self.blocks,
+            "verified": self.ok,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "problem": self.problem,
+            "bad_block": self.bad_block,
+            "bad_entry": self.bad_entry,
+            "blocks": self.blocks,
+            "tree_size": self.tree_size,
+            "root": self.root,
+            "head_hash": self.head_hash,
+            "key": self.key,
+            "epsilon_spent": self.epsilon_spent,
+            "warnings": self.warnings,
+        }
+
+
+class _Bad(Exception):
+    def __init__(self, message: str, block: int | None = None, entry: int | None = None):
+        super().__init__(message)
+        self.block = block
+        self.entry = entry
+
+
+def _where(block: int | None, entry: int | None, entry_obj: Entry | None = None) -> str:
+    parts = []
+    if block is not None:
+        parts.append(f"block {block}")
+    if entry is not None:
+        parts.append(f"entry {entry}" + (f" ({describe(entry_obj)})" if entry_obj else ""))
+    return ", ".join(parts)
+
+
+def _resolve_verifier(
+    path: Path, public_key: NoteVerifier | Ed25519PublicKey | None
+) -> NoteVerifier:
+    key_path = path / KEY_FILE
+    try:
+        stored = load_verifier(key_path.read_bytes())
+    except FileNotFoundError:
+        raise _Bad(f"{KEY_FILE} is missing") from None
+    except (MessageError, ValueError) as exc:
+        raise _Bad(f"{KEY_FILE}: {exc}") from None
+    if public_key is None:
+        return stored
+    pinned = (
+        public_key
+        if isinstance(public_key, NoteVerifier)
+        else NoteVerifier(stored.name, public_key)
+    )
+    if pinned.to_vkey() != stored.to_vkey():
+        raise _Bad(
+            f"{KEY_FILE} names key {stored.name} ({stored.key_id.hex()}), "
+            f"not the pinned key {pinned.name} ({pinned.key_id.hex()})"
+        )
+    return pinned
+
+
+def _head_notes(path: Path, warnings: list[str]) -> list[bytes]:
+    heads_dir = path / HEADS_DIR
+    if not heads_dir.is_dir():
+        raise _Bad(f"{HEADS_DIR}/ is missing")
+    indexed: dict[int, Path] = {}
+    for item in sorted(heads_dir.iterdir()):
+        match = HEAD_NAME.match(item.name)
+        if match:
+            indexed[int(match.group(1))] = item
+        elif item.name.endswith(".tmp"):
+            warnings.append(f"{HEADS_DIR}/{item.name}: leftover of an interrupted head write")
+        else:
+            raise _Bad(f"{HEADS_DIR}/{item.name}: unexpected file")
+    for expected, index in enumerate(sorted(indexed)):
+        if index != expected:
+            raise _Bad(f"block {expected}: head is missing", block=expected)
+        if indexed[index].name != head_file(index):
+            raise _Bad(f"block {index}: head file name {indexed[index].name} is not canonical")
+    return [indexed[i].read_bytes() for i in range(len(indexed))]
+
+
+def _check_block_entries(
+    index: int, first: int, entries: Sequence[Entry], seen_rounds: dict[str, int]
+) -> None:
+    session, round_no = entries[0].session, entries[0].round
+    records = [e for e in entries if isinstance(e, RoundRecord)]
+    participants = set(records[0].participants) if records else None
+    meters: set[int] = set()
+    for offset, entry in enumerate(entries):
+        where = _where(index, first + offset, entry)
+        if (entry.session, entry.round) != (session, round_no):
+            raise _Bad(
+                f"{where}: belongs to session {entry.session} round {entry.round}, "
+                f"but the block is session {session} round {round_no}",
+                index,
+                first + offset,
+            )
+        if isinstance(entry, RoundRecord) and entry is not records[0]:
+            raise _Bad(f"{where}: second round record in one block", index, first + offset)
+        if isinstance(entry, MeterContribution):
+            if entry.meter in meters:
+                raise _Bad(f"{where}: meter contributes twice in one round", index, first + offset)
+            meters.add(entry.meter)
+            if participants is not None and entry.meter not in participants:
+                raise _Bad(
+                    f"{where}: meter is not among the round's participants", index, first + offset
+                )
+    previous = seen_rounds.get(session)
+    if previous is not None and round_no <= previous:
+        raise _Bad(
+            f"{_where(index, first)}: session {session} round {round_no} does not follow "
+            f"round {previous} (replayed or reordered round)",
+            index,
+            first,
+        )
+    seen_rounds[session] = round_no
+
+
+def _check_epsilon(blocks: Sequence[Block], epsilon_of: EpsilonOf | None) -> float | None:
+    last: dict[str, float] = {}
+    rounds: dict[str, int] = {}
+    spent: float | None = None
+    for block in blocks:
+        for offset, entry in enumerate(block.entries):
+            if not isinstance(entry, RoundRecord):
+                continue
+            where = _where(block.index, block.first + offset, entry)
+            rounds[entry.session] = rounds.get(entry.session, 0) + 1
+            eps = entry.epsilon_spent
+            if epsilon_of is not None:
+                expected = float(epsilon_of(entry.dp, rounds[entry.session]))
+                if eps is None:
+                    if math.isfinite(expected) and expected > 0.0:
+                        raise _Bad(
+                            f"{where}: records no epsilon but its DP parameters give {expected:g}",
+                            block.index,
+                            block.first + offset,
+                        )
+                elif not math.isclose(eps, expected, rel_tol=1e-9, abs_tol=1e-12):
+                    raise _Bad(
+                        f"{where}: records epsilon {eps:g} but its DP parameters give "
+                        f"{expected:g} after {rounds[entry.session]} rounds",
+                        block.index,
+                        block.first + offset,
+                    )
+            if eps is None:
+                continue
+            before = last.get(entry.session)
+            if before is not None and eps < before:
+                raise _Bad(
+                    f"{where}: epsilon spent falls from {before:g} to {eps:g}",
+                    block.index,
+                    block.first + offset,
+                )
+            last[entry.session] = eps
+            spent = eps
+    return spent
+
+
+def _timestamp(time_ms: int) -> str:
+    moment = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def blockchain_document(verifier: NoteVerifier, blocks: Sequence[Block]) -> bytes:
+    """``blockchain.json`` for ``blocks``: the canonical bytes the writer stores."""
+    exported = []
+    for block in blocks:
+        head = block.head.head
+        contributions = sum(isinstance(e, MeterContribution) for e in block.entries)
+        exported.append(
+            {
+                "index": block.index,
+                "timestamp": _timestamp(head.time_ms),
+                "previous_hash": (head.prev or bytes(32)).hex(),
+                "entries": {
+                    "first": block.first,
+                    "count": len(block.entries),
+                    "session": block.session,
+                    "round": block.round,
+                    "meter_contributions": contributions,
+                    "round_records": len(block.entries) - contributions,
+                },
+                "tree_size": head.size,
+                "root": head.root.hex(),
+                "head_hash": block.head.hash.hex(),
+            }
+        )
+    document = {
+        "format": BLOCKCHAIN_FORMAT,
+        "version": 1,
+        "origin": verifier.name,
+        "key": verifier.to_vkey(),
+        "blocks": exported,
+    }
+    return (json.dumps(document, indent=2) + "\n").encode()
+
+
+def _check_blockchain(path: Path, state: LedgerState, warnings: list[str]) -> None:
+    assert state.verifier is not None
+    try:
+        data = (path / BLOCKCHAIN_JSON).read_bytes()
+    except FileNotFoundError:
+        raise _Bad(f"{BLOCKCHAIN_JSON} is missing") from None
+    try:
+        listed = json.loads(data)["blocks"]
+        count = len(listed)
+    except (ValueError, KeyError, TypeError):
+        raise _Bad(f"{BLOCKCHAIN_JSON} is not a blockchain export") from None
+    if count > len(state.blocks):
+        raise _Bad(
+            f"{BLOCKCHAIN_JSON} lists {count} blocks but only {len(state.blocks)} heads exist "
+            f"(heads removed?)",
+            block=len(state.blocks),
+        )
+    if data != blockchain_document(state.verifier, state.blocks[:count]):
+        expected = json.loads(blockchain_document(state.verifier, state.blocks[:count]))
+        actual = json.loads(data)
+        for i in range(count):
+            if actual["blocks"][i] != expected["blocks"][i]:
+                raise _Bad(f"{BLOCKCHAIN_JSON}: block {i} differs from the ledger", block=i)
+        raise _Bad(f"{BLOCKCHAIN_JSON} differs from the export of the verified blocks")
+    state.blockchain_blocks = count
+    if count < len(state.blocks):
+        warnings.append(
+            f"{BLOCKCHAIN_JSON} lists {count} of {len(state.blocks)} blocks (the writer stopped "
+            f"before exporting; reopening it rewrites the file)"
+        )
+
+
+def read_ledger(
+    path: str | Path,
+    *,
+    public_key: NoteVerifier | Ed25519PublicKey | None = None,
+    epsilon_of: EpsilonOf | None = None,
+    meter_keys: Mapping[int, Ed25519PublicKey] | None = None,
+) -> tuple[AuditReport, LedgerState]:
+    """Verify the ledger at ``path``; the report and everything verified before any problem."""
+    root_path = Path(path)
+    state = LedgerState()
+    warnings: list[str] = []
+    problem: _Bad | None = None
+    epsilon: float | None = None
+    try:
+        if not root_path.is_dir():
+            raise _Bad(f"{root_path} is not a ledger directory")
+        state.verifier = _resolve_verifier(root_path, public_key)
+        notes = _head_notes(root_path, warnings)
+        try:
+            log = (root_path / ENTRIES_LOG).read_bytes()
+        except FileNotFoundError:
+            raise _Bad(f"{ENTRIES_LOG} is missing") from None
+        frames, parsed_end = read_frames(log)
+        _read_blocks(state, notes, frames, meter_keys)
+        covered = state.blocks[-1].head.head.size if state.blocks else 0
+        state.sealed_bytes = frames[covered][0] if covered < len(frames) else parsed_end
+        state.unsealed_entries = len(frames) - covered
+        state.unsealed_bytes = len(log) - state.sealed_bytes
+        if state.unsealed_bytes:
+            warnings.append(
+                f"{ENTRIES_LOG}: {state.unsealed_bytes} bytes ({state.unsealed_entries} complete "
+                f"entries) past the last head are not covered by any signed head and were not "
+                f"verified (a writer stopped before signing; reopening it truncates them)"
+            )
+        epsilon = _check_epsilon(state.blocks, epsilon_of)
+        _check_blockchain(root_path, state, warnings)
+    except _Bad as bad:
+        problem = bad
+    last = state.last_head
+    report = AuditReport(
+        path=str(root_path),
+        ok=problem is None,
+        problem=str(problem) if problem else None,
+        bad_block=problem.block if problem else None,
+        bad_entry=problem.entry if problem else None,
+        blocks=len(state.blocks),
+        tree_size=last.head.size if last else 0,
+        root=last.head.root.hex() if last else None,
+        head_hash=last.hash.hex() if last else None,
+        key=state.verifier.to_vkey() if state.verifier else None,
+        epsilon_spent=epsilon,
+        warnings=warnings,
+    )
+    return report, state
+
+
+def _read_blocks(
+    state: LedgerState,
+    notes: Sequence[bytes],
+    frames: Sequence[tuple[int, bytes]],
+    meter_keys: Mapping[int, Ed25519PublicKey] | None,
+) -> None:
+    assert state.verifier is not None
+    seen_notes: dict[bytes, int] = {}
+    seen_rounds: dict[str, int] = {}
+    leaves: list[bytes] = []
+    previous: SignedHead | None = None
+    for index, note in enumerate(notes):
+        if note in seen_notes:
+            raise _Bad(f"block {index}: head is a replay of block {seen_notes[note]}'s head", index)
+        seen_notes[note] = index
+        try:
+            signed = verify_head(note, state.verifier)
+        except (IntegrityError, MessageError) as exc:
+            raise _Bad(f"block {index}: head: {exc}", index) from None
+        head = signed.head
+        old_size = previous.head.size if previous else 0
+        if previous is None and head.prev is not None:
+            raise _Bad(f"block {index}: the first head names a previous head", index)
+        if previous is not None and head.prev != previous.hash:
+            named = head.prev.hex()[:16] if head.prev else "none"
+            raise _Bad(
+                f"block {index}: head names previous head {named}…, but block {index - 1}'s "
+                f"head is {previous.hash.hex()[:16]}… (heads reordered, replaced or removed)",
+                index,
+            )
+        if head.size <= old_size:
+            raise _Bad(
+                f"block {index}: tree size {head.size} does not grow past block "
+                f"{index - 1}'s {old_size} (replayed or forged head)",
+                index,
+            )
+        if head.size > len(frames):
+            raise _Bad(
+                f"block {index}: head covers {head.size} entries but {ENTRIES_LOG} holds "
+                f"only {len(frames)} complete entries (log truncated)",
+                index,
+                len(frames),
+            )
+        entries: list[Entry] = []
+        for number in range(old_size, head.size):
+            data = frames[number][1]
+            try:
+                entry = decode_entry(data)
+            except MessageError as exc:
+                raise _Bad(f"{_where(index, number)}: {exc}", index, number) from None
+            if meter_keys is not None and isinstance(entry, MeterContribution):
+                key = meter_keys.get(entry.meter)
+                if key is not None:
+                    try:
+                        entry.verify(key)
+                    except IntegrityError:
+                        raise _Bad(
+                            f"{_where(index, number, entry)}: meter signature does not verify",
+                            index,
+                            number,
+                        ) from None
+            entries.append(entry)
+            leaves.append(data)
+        _check_block_entries(index, old_size, entries, seen_rounds)
+        if merkle_root(leaves) != head.root:
+            raise _Bad(
+                f"block {index}, entries {old_size}-{head.size - 1}: their Merkle root differs "
+                f"from the signed root (an entry of this block was changed, added or removed)",
+                index,
+                old_size,
+            )
+        if previous is not None and not verify_consistency(
+            old_size, head.size, previous.head.root, head.root, consistency_proof(leaves, old_size)
+        ):
+            raise _Bad(f"block {index}: not consistent with block {index - 1}", index)
+        state.blocks.append(Block(index, signed, old_size, tuple(entries)))
+        state.leaves = list(leaves)
+        previous = signed
+
+
+def audit(
+    path: str | Path,
+    *,
+    public_key: NoteVerifier | Ed25519PublicKey | None = None,
+    epsilon_of: EpsilonOf | None = None,
+    meter_keys: Mapping[int, Ed25519PublicKey] | None = None,
+) -> AuditReport:
+    """Verify the ledger at ``path`` (see the module doc); never raises for a bad ledger.
+
+    ``public_key`` pins the log key (otherwise ``key.pub`` is trusted, which only
+    catches accidents, not a dishonest operator). ``epsilon_of(dp_params, rounds)``
+    recomputes each round record's epsilon; without it epsilon must only never fall.
+    ``meter_keys`` checks the signature of every contribution by a listed meter.
+    """
+    report, _ = read_ledger(
+        path, public_key=public_key, epsilon_of=epsilon_of, meter_keys=meter_keys
+    )
+    return report
+
+
+# --- Inclusion proofs ----------------------------------------------------------------------
+
+
+def proof_document(
+    leaves: Sequence[bytes],
+    blocks: Sequence[Block],
+    meter: int,
+    round: int,
+    session: str | None = None,
+) -> dict[str, Any]:
+    """The inclusion proof of ``meter``'s contribution to ``round`` against the last head."""
+    if not blocks:
+        raise IntegrityError("the ledger has no signed head yet")
+    found: list[tuple[int, MeterContribution]] = []
+    for block in blocks:
+        for offset, entry in enumerate(block.entries):
+            if (
+                isinstance(entry, MeterContribution)
+                and entry.meter == meter
+                and entry.round == round
+                and (session is None or entry.session == session)
+            ):
+                found.append((block.first + offset, entry))
+    if not found:
+        raise IntegrityError(f"no contribution of meter {meter} in round {round}")
+    if len(found) > 1:
+        sessions = ", ".join(sorted({e.session for _, e in found}))
+        raise IntegrityError(
+            f"meter {meter} round {round} appears in sessions {sessions}; give the session"
+        )
+    index, entry = found[0]
+    last = blocks[-1].head
+    size = last.head.size
+    proof = inclusion_proof(leaves[:size], index)
+    leaf = leaf_hash(leaves[index])
+    if not verify_inclusion(leaf, index, size, proof, last.head.root):
+        raise IntegrityError(f"inclusion proof of leaf {index} does not verify")
+    return {
+        "meter": meter,
+        "round": round,
+        "session": entry.session,
+        "leaf_hash": leaf.hex(),
+        "index": index,
+        "tree_size": size,
+        "root": last.head.root.hex(),
+        "proof": [node.hex() for node in proof],
+        "entry": leaves[index].hex(),
+        "head": last.note.decode(),
+    }
+
+
+def inclusion_proof_for(
+    path: str | Path,
+    meter: int,
+    round: int,
+    *,
+    session: str | None = None,
+    public_key: NoteVerifier | Ed25519PublicKey | None = None,
+) -> dict[str, Any]:
+    """The verified inclusion proof of a meter's contribution, as a JSON-ready dict.
+
+    Keys: ``leaf_hash``, ``index``, ``tree_size``, ``root``, ``proof`` (hex strings),
+    plus ``entry`` (the leaf's bytes, hex) and ``head`` (the signed head it is
+    against), which a meter needs to check the proof on its own. Raises
+    :class:`IntegrityError` when the ledger does not verify or holds no such entry.
+    """
+    report, state = read_ledger(path, public_key=public_key)
+    if not report.ok:
+        raise IntegrityError(f"ledger does not verify: {report.problem}")
+    return proof_document(state.leaves, state.blocks, meter, round, session)
+
+
+@dataclass(frozen=True)
+class OwnCheck:
+    """A meter's verdict on its own inclusion proof."""
+
+    ok: bool
+    reason: str
+
+
+def verify_own_contribution(
+    *,
+    meter: int,
+    round: int,
+    payload_sha256: bytes,
+    proof: Mapping[str, Any] | str | bytes | None,
+    head: str | bytes | None,
+    ledger_key: NoteVerifier,
+    session: str | None = None,
+    meter_key: Ed25519PublicKey | None = None,
+) -> OwnCheck:
+    """What a meter checks after a round: is my masked input in the signed log?
+
+    The meter knows its id, the round, the SHA-256 of the masked payload it sent
+    and the ledger's verifier key; it is given ``proof`` (the JSON of
+    :func:`inclusion_proof_for`) and ``head`` (the signed head). A missing proof or
+    head is reported as such. Never raises for bad input.
+    """
+    if proof is None:
+        return OwnCheck(False, f"no inclusion proof for meter {meter} round {round}")
+    if head is None:
+        return OwnCheck(False, "no signed head to check the proof against")
+    try:
+        doc = json.loads(proof) if isinstance(proof, str | bytes) else dict(proof)
+        note = head.encode() if isinstance(head, str) else head
+        signed = verify_head(note, ledger_key)
+        entry_bytes = bytes.fromhex(doc["entry"])
+        leaf = bytes.fromhex(doc["leaf_hash"])
+        index, size = int(doc["index"]), int(doc["tree_size"])
+        root = bytes.fromhex(doc["root"])
+        nodes = [bytes.fromhex(node) for node in doc["proof"]]
+        entry = decode_entry(entry_bytes)
+    except (GridsimError, ValueError, KeyError, TypeError) as exc:
+        return OwnCheck(False, f"malformed proof or head: {exc}")
+    if not isinstance(entry, MeterContribution):
+        return OwnCheck(False, "the proven entry is not a meter contribution")
+    if (entry.meter, entry.round) != (meter, round) or (
+        session is not None and entry.session != session
+    ):
+        return OwnCheck(
+            False,
+            f"the proven entry is meter {entry.meter} round {entry.round} "
+            f"(session {entry.session}), not ours",
+        )
+    if entry.payload_sha256 != payload_sha256:
+        return OwnCheck(False, "the ledger commits to a different payload than the one we sent")
+    if meter_key is not None:
+        try:
+            entry.verify(meter_key)
+        except IntegrityError:
+            return OwnCheck(False, "the ledger entry does not carry our signature")
+    if leaf_hash(entry_bytes) != leaf:
+        return OwnCheck(False, "leaf hash does not match the entry")
+    if (signed.head.size, signed.head.root) != (size, root):
+        return OwnCheck(False, "the proof is against a different tree than the signed head")
+    if not verify_inclusion(leaf, index, size, nodes, root):
+        return OwnCheck(False, f"inclusion proof for leaf {index} of {size} does not verify")
+    return OwnCheck(True, f"included as leaf {index} of {size}, head signed by {ledger_key.name}")
+
+
+# --- Command line --------------------------------------------------------------------------
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``audit`` arguments to ``parser`` (for embedding in a larger CLI)."""
+    parser.add_argument("ledger", type=Path, help="the ledger directory, e.g. OUT/ledger")
+    parser.add_argument(
+        "--public-key",
+        type=Path,
+        help="pin the log key: a key.pub line (<name>+<id>+<key>) or a PEM Ed25519 public key",
+    )
+    parser.add_argument("--meter", type=int, help="print and verify this meter's proof")
+    parser.add_argument("--round", type=int, help="the round of --meter")
+    parser.add_argument("--session", help="the session of --meter (when several)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _load_pinned(path: Path, ledger: Path) -> NoteVerifier:
+    data = path.read_bytes()
+    if data.startswith(b"-----BEGIN"):
+        name = load_verifier((ledger / KEY_FILE).read_bytes()).name
+        return load_pem_verifier(data, name)
+    return load_verifier(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed ``audit`` command; returns the exit status."""
+    if (args.meter is None) != (args.round is None):
+        print("gridsim audit: --meter and --round go together", file=sys.stderr)
+        return 2
+    if not args.ledger.is_dir():
+        print(f"gridsim audit: {args.ledger} is not a directory", file=sys.stderr)
+        return 2
+    pinned: NoteVerifier | None = None
+    if args.public_key is not None:
+        try:
+            pinned = _load_pinned(args.public_key, args.ledger)
+        except (OSError, GridsimError, ValueError) as exc:
+            print(f"gridsim audit: --public-key {args.public_key}: {exc}", file=sys.stderr)
+            return 2
+    report, state = read_ledger(args.ledger, public_key=pinned)
+    if args.meter is not None:
+        if not report.ok:
+            print(report.line())
+            return 1
+        try:
+            doc = proof_document(state.leaves, state.blocks, args.meter, args.round, args.session)
+        except IntegrityError as exc:
+            print(f"NOT FOUND {args.ledger}: {exc}")
+            return 1
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            print(
+                f"OK meter {args.meter} round {args.round}: leaf {doc['index']} of "
+                f"{doc['tree_size']}, root {doc['root']}, {len(doc['proof'])} proof hashes"
+            )
+        return 0
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.line())
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``gridsim audit LEDGER [--meter ID --round R] [--json] [--public-key FILE]``.
+
+    ``argv`` holds the arguments after ``audit``. Exit 0: intact (or the proof
+    verifies); 1: tampered, or no such contribution; 2: usage error.
+    """
+    parser = argparse.ArgumentParser(prog="gridsim audit", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return 0 if exc.code == 0 else 2
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
