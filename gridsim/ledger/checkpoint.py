@@ -88,7 +88,7 @@ class NoteVerifier:
     @classmethod
     def from_vkey(cls, text: str) -> NoteVerifier:
         """Parse a verifier key string; :class:`MessageError` if malformed or inconsistent."""
-        parts = text.split("+")
+        parts = text.split("+", 2)  # the base64 key may itself contain "+"
         if len(parts) != 3:
             raise MessageError("verifier key is not <name>+<hex key id>+<base64 key>")
         name, hex_id, b64 = parts

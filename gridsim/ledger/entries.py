@@ -188,7 +188,7 @@ def decode_entry(data: bytes) -> Entry:
         entry: Entry = _DECODERS[tag].decode(data[2:])
     except msgspec.ValidationError as exc:
         raise MessageError(f"{kind.__name__}: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:  # invalid UTF-8 is a ValueError
         raise MessageError(f"{kind.__name__}: malformed msgpack ({exc})") from None
     _check_values(entry)
     if encode_entry(entry) != data:

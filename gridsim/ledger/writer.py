@@ -149,6 +149,10 @@ class LedgerWriter:
         """The last signed head (its ``note`` is what meters check proofs against)."""
         return self._blocks[-1].head if self._blocks else None
 
+    def last_round(self, session: str) -> int | None:
+        """The last round of ``session`` in the ledger, or None if it has none."""
+        return self._rounds.get(session)
+
     def summary(self) -> dict[str, Any]:
         """The ``ledger`` section of ``summary.json`` as this writer knows it
         (``verified`` comes from an :func:`~gridsim.ledger.audit.audit` run)."""
