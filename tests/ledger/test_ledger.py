@@ -15,6 +15,12 @@ from gridsim.ledger.entries import read_frames
 
 from .conftest import ORIGIN, build_ledger, ledger_key, round_entries, ticking_clock
 
+VERIFIER = NoteSigner(ORIGIN, ledger_key(0)).verifier
+
+
+def head_of(ledger: Path, index: int) -> Path:
+    return ledger / "heads" / f"{index:08d}.checkpoint"
+
 
 def ledger_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file())
@@ -150,8 +156,7 @@ def test_forged_head_fails_its_signature(small_ledger: Path) -> None:
     report = audit(small_ledger)
     assert not report.ok and report.bad_block == 1
     assert report.problem == (
-        f"block 1: head: signature by {ORIGIN} ({NoteSigner(ORIGIN, ledger_key(0)).verifier.key_id.hex()})"
-        " does not verify"
+        f"block 1: head: signature by {ORIGIN} ({VERIFIER.key_id.hex()}) does not verify"
     )
 
 
