@@ -267,45 +267,53 @@ def _check_block_entries(
     seen_rounds[session] = round_no
 
 
-def _check_epsilon(blocks: Sequence[Block], epsilon_of: EpsilonOf | None) -> float | None:
-    last: dict[str, float] = {}
-    rounds: dict[str, int] = {}
-    spent: float | None = None
-    for block in blocks:
+class _EpsilonCheck:
+    """Follows the privacy budget through the round records, block by block."""
+
+    def __init__(self, epsilon_of: EpsilonOf | None) -> None:
+        self.epsilon_of = epsilon_of
+        self.last: dict[str, float] = {}
+        self.rounds: dict[str, int] = {}
+        self.spent: float | None = None
+
+    def _expected(self, record: RoundRecord, where: str, at: tuple[int, int]) -> float:
+        assert self.epsilon_of is not None
+        try:
+            return float(self.epsilon_of(record.dp, self.rounds[record.session]))
+        except (ValueError, TypeError, KeyError, ArithmeticError) as exc:
+            raise _Bad(
+                f"{where}: epsilon cannot be computed from its DP parameters: {exc}", *at
+            ) from None
+
+    def block(self, block: Block) -> None:
         for offset, entry in enumerate(block.entries):
             if not isinstance(entry, RoundRecord):
                 continue
+            at = (block.index, block.first + offset)
             where = _where(block.index, block.first + offset, entry)
-            rounds[entry.session] = rounds.get(entry.session, 0) + 1
+            self.rounds[entry.session] = self.rounds.get(entry.session, 0) + 1
             eps = entry.epsilon_spent
-            if epsilon_of is not None:
-                expected = float(epsilon_of(entry.dp, rounds[entry.session]))
+            if self.epsilon_of is not None:
+                expected = self._expected(entry, where, at)
                 if eps is None:
                     if math.isfinite(expected) and expected > 0.0:
                         raise _Bad(
                             f"{where}: records no epsilon but its DP parameters give {expected:g}",
-                            block.index,
-                            block.first + offset,
+                            *at,
                         )
                 elif not math.isclose(eps, expected, rel_tol=1e-9, abs_tol=1e-12):
                     raise _Bad(
                         f"{where}: records epsilon {eps:g} but its DP parameters give "
-                        f"{expected:g} after {rounds[entry.session]} rounds",
-                        block.index,
-                        block.first + offset,
+                        f"{expected:g} after {self.rounds[entry.session]} rounds",
+                        *at,
                     )
             if eps is None:
                 continue
-            before = last.get(entry.session)
+            before = self.last.get(entry.session)
             if before is not None and eps < before:
-                raise _Bad(
-                    f"{where}: epsilon spent falls from {before:g} to {eps:g}",
-                    block.index,
-                    block.first + offset,
-                )
-            last[entry.session] = eps
-            spent = eps
-    return spent
+                raise _Bad(f"{where}: epsilon spent falls from {before:g} to {eps:g}", *at)
+            self.last[entry.session] = eps
+            self.spent = eps
 
 
 def _timestamp(time_ms: int) -> str:
@@ -391,7 +399,7 @@ def read_ledger(
     state = LedgerState()
     warnings: list[str] = []
     problem: _Bad | None = None
-    epsilon: float | None = None
+    epsilon = _EpsilonCheck(epsilon_of)
     try:
         if not root_path.is_dir():
             raise _Bad(f"{root_path} is not a ledger directory")
@@ -402,7 +410,7 @@ def read_ledger(
         except FileNotFoundError:
             raise _Bad(f"{ENTRIES_LOG} is missing") from None
         frames, parsed_end = read_frames(log)
-        _read_blocks(state, notes, frames, meter_keys)
+        _read_blocks(state, notes, frames, meter_keys, epsilon)
         covered = state.blocks[-1].head.head.size if state.blocks else 0
         state.sealed_bytes = frames[covered][0] if covered < len(frames) else parsed_end
         state.unsealed_entries = len(frames) - covered
@@ -413,11 +421,11 @@ def read_ledger(
                 f"entries) past the last head are not covered by any signed head and were not "
                 f"verified (a writer stopped before signing; reopening it truncates them)"
             )
-        epsilon = _check_epsilon(state.blocks, epsilon_of)
         _check_blockchain(root_path, state, warnings)
     except _Bad as bad:
         problem = bad
     last = state.last_head
+    del state.leaves[last.head.size if last else 0 :]
     report = AuditReport(
         path=str(root_path),
         ok=problem is None,
@@ -429,7 +437,7 @@ def read_ledger(
         root=last.head.root.hex() if last else None,
         head_hash=last.hash.hex() if last else None,
         key=state.verifier.to_vkey() if state.verifier else None,
-        epsilon_spent=epsilon,
+        epsilon_spent=epsilon.spent,
         warnings=warnings,
     )
     return report, state
@@ -440,11 +448,12 @@ def _read_blocks(
     notes: Sequence[bytes],
     frames: Sequence[tuple[int, bytes]],
     meter_keys: Mapping[int, Ed25519PublicKey] | None,
+    epsilon: _EpsilonCheck,
 ) -> None:
     assert state.verifier is not None
     seen_notes: dict[bytes, int] = {}
     seen_rounds: dict[str, int] = {}
-    leaves: list[bytes] = []
+    leaves = state.leaves  # grows as blocks are read; trimmed to the verified prefix on error
     previous: SignedHead | None = None
     for index, note in enumerate(notes):
         if note in seen_notes:
@@ -510,8 +519,9 @@ def _read_blocks(
             old_size, head.size, previous.head.root, head.root, consistency_proof(leaves, old_size)
         ):
             raise _Bad(f"block {index}: not consistent with block {index - 1}", index)
-        state.blocks.append(Block(index, signed, old_size, tuple(entries)))
-        state.leaves = list(leaves)
+        block = Block(index, signed, old_size, tuple(entries))
+        epsilon.block(block)
+        state.blocks.append(block)
         previous = signed
 
 

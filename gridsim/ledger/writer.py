@@ -11,6 +11,7 @@ the writer truncates them (see :attr:`LedgerWriter.recovered`) and continues.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gridsim.exceptions import IntegrityError, InvalidInputError
+from gridsim.exceptions import ConfigError, IntegrityError, InvalidInputError
 from gridsim.ledger.audit import (
     BLOCKCHAIN_JSON,
     ENTRIES_LOG,
@@ -101,16 +102,31 @@ class LedgerWriter:
     # --- opening and recovery ----------------------------------------------------------
 
     def _open(self) -> None:
-        verifier = self._signer.verifier
         heads = self.path / HEADS_DIR
         fresh = not (self.path / KEY_FILE).exists()
         if fresh and heads.is_dir() and any(heads.glob("*.checkpoint")):
             raise IntegrityError(f"{self.path}: heads exist but {KEY_FILE} is missing")
         heads.mkdir(parents=True, exist_ok=True)
+        # One writer per ledger: the lock is taken before any repair, so a second writer
+        # can never truncate the tail the first is about to sign. The kernel drops it on kill.
+        self._log = open(self.path / ENTRIES_LOG, "ab")  # noqa: SIM115 (held until close)
+        try:
+            fcntl.flock(self._log.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._log.close()
+            raise ConfigError(f"ledger {self.path} is open in another writer") from None
+        try:
+            self._recover(fresh)
+        except BaseException:
+            self._log.close()
+            raise
+
+    def _recover(self, fresh: bool) -> None:
+        verifier = self._signer.verifier
+        heads = self.path / HEADS_DIR
         for leftover in [*heads.glob(".*.tmp"), *self.path.glob(".*.tmp")]:
             leftover.unlink()
         if fresh:
-            (self.path / ENTRIES_LOG).touch()
             write_atomically(self.path / KEY_FILE, (verifier.to_vkey() + "\n").encode())
             write_atomically(self.path / BLOCKCHAIN_JSON, blockchain_document(verifier, []))
             _fsync_dir(self.path)
@@ -208,11 +224,12 @@ class LedgerWriter:
         if self._broken:
             raise IntegrityError("an earlier append failed; reopen the ledger to recover")
         encoded = self._validate(entries)
+        if self._log.closed:
+            raise InvalidInputError(f"ledger writer for {self.path} is closed")
         self._broken = True  # until this block is durable
-        with open(self.path / ENTRIES_LOG, "ab") as out:
-            out.write(b"".join(frame(data) for data in encoded))
-            out.flush()
-            os.fsync(out.fileno())
+        self._log.write(b"".join(frame(data) for data in encoded))
+        self._log.flush()
+        os.fsync(self._log.fileno())
         leaves = self._leaves + encoded
         previous = self.head
         head = TreeHead(
@@ -238,7 +255,8 @@ class LedgerWriter:
         )
 
     def close(self) -> None:
-        """Nothing is buffered between appends; kept for ``with`` blocks and symmetry."""
+        """Release the ledger (nothing is buffered between appends)."""
+        self._log.close()
 
     def __enter__(self) -> LedgerWriter:
         return self

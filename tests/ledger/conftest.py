@@ -65,9 +65,9 @@ def round_entries(
 
 
 def build_ledger(path: Path, *, rounds: int, meters: int, key_seed: int = 0) -> Path:
-    writer = LedgerWriter(path, ledger_key(key_seed), ORIGIN, clock_ms=ticking_clock())
-    for r in range(rounds):
-        writer.append_block(round_entries(r, meters))
+    with LedgerWriter(path, ledger_key(key_seed), ORIGIN, clock_ms=ticking_clock()) as writer:
+        for r in range(rounds):
+            writer.append_block(round_entries(r, meters))
     return path
 
 

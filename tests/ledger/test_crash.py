@@ -43,12 +43,12 @@ def test_sigkilled_writer_leaves_a_ledger_that_verifies_and_resumes(tmp_path: Pa
         assert not sizes or report.tree_size >= sizes[-1]
         sizes.append(report.tree_size)
 
-        writer = LedgerWriter(ledger, ledger_key(0), ORIGIN)
-        assert writer.size == report.tree_size
-        if writer.recovered is not None:
-            repairs += 1
-        last = writer.last_round(SESSION)
-        writer.append_block(round_entries(0 if last is None else last + 1, meters=3))
+        with LedgerWriter(ledger, ledger_key(0), ORIGIN) as writer:
+            assert writer.size == report.tree_size
+            if writer.recovered is not None:
+                repairs += 1
+            last = writer.last_round(SESSION)
+            writer.append_block(round_entries(0 if last is None else last + 1, meters=3))
         after = audit(ledger, public_key=pinned)
         assert after.ok and after.warnings == [], after.problem or after.warnings
         assert after.blocks == report.blocks + 1

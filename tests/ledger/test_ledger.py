@@ -11,7 +11,7 @@ import pytest
 from gridsim.ledger import LedgerWriter, audit
 from gridsim.ledger.audit import read_ledger
 from gridsim.ledger.checkpoint import NoteSigner, TreeHead, sign_head, verify_head
-from gridsim.ledger.entries import read_frames
+from gridsim.ledger.entries import encode_entry, frame, read_frames
 
 from .conftest import ORIGIN, build_ledger, ledger_key, round_entries, ticking_clock
 
@@ -206,13 +206,9 @@ def test_a_whole_ledger_under_another_key_fails_against_the_pinned_key(tmp_path:
 
 
 def test_entries_past_the_last_head_are_reported_not_failed(small_ledger: Path) -> None:
-    writer = LedgerWriter(small_ledger, ledger_key(0), ORIGIN, clock_ms=ticking_clock())
-    from gridsim.ledger.entries import encode_entry, frame
-
     extra = b"".join(frame(encode_entry(e)) for e in round_entries(3, meters=3))
     with open(small_ledger / "entries.log", "ab") as out:
         out.write(extra + b"\x00\x00")
-    del writer
     report = audit(small_ledger)
     assert report.ok
     assert report.tree_size == 12
@@ -247,12 +243,12 @@ def test_contribution_with_a_bad_meter_signature_is_named(tmp_path: Path) -> Non
 
     from .conftest import meter_key
 
-    writer = LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock())
     entries = round_entries(0, meters=3)
     # Meter 1's entry carries meter 2's signature: the log key signs it, the meter never did.
     forged = MeterContribution.sign(meter_key(2), session="s1", round=0, meter=1, payload=b"x")
     entries[1] = forged
-    writer.append_block(entries)
+    with LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as writer:
+        writer.append_block(entries)
     keys = {m: meter_key(m).public_key() for m in range(3)}
     report = audit(tmp_path / "l", meter_keys=keys)
     assert not report.ok
@@ -280,9 +276,9 @@ def test_epsilon_is_recomputed_with_the_given_accountant(small_ledger: Path) -> 
 
 
 def test_falling_epsilon_is_caught_without_an_accountant(tmp_path: Path) -> None:
-    writer = LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock())
-    writer.append_block(round_entries(0, meters=2, epsilon=1.0))
-    writer.append_block(round_entries(1, meters=2, epsilon=0.5))
+    with LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as writer:
+        writer.append_block(round_entries(0, meters=2, epsilon=1.0))
+        writer.append_block(round_entries(1, meters=2, epsilon=0.5))
     report = audit(tmp_path / "l")
     assert not report.ok
     assert report.problem == (

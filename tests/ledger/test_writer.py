@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from gridsim.exceptions import IntegrityError, InvalidInputError
+from gridsim.exceptions import ConfigError, IntegrityError, InvalidInputError
 from gridsim.ledger import LedgerWriter, audit, inclusion_proof_for
 from gridsim.ledger.entries import encode_entry, frame
 
 from .conftest import ORIGIN, ledger_key, round_entries, ticking_clock
 
+_OPENED: list[LedgerWriter] = []
+
 
 def open_writer(path: Path, seed: int = 0) -> LedgerWriter:
-    return LedgerWriter(path, ledger_key(seed), ORIGIN, clock_ms=ticking_clock())
+    writer = LedgerWriter(path, ledger_key(seed), ORIGIN, clock_ms=ticking_clock())
+    _OPENED.append(writer)
+    return writer
+
+
+@pytest.fixture(autouse=True)
+def _close_writers() -> Iterator[None]:
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
 
 
 def test_a_new_ledger_is_empty_and_verifies(tmp_path: Path) -> None:
@@ -98,7 +110,7 @@ def test_reopening_a_tampered_ledger_is_refused(small_ledger: Path) -> None:
     data = bytearray(log.read_bytes())
     data[40] ^= 1
     log.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="cannot resume .*block 0"):
+    with pytest.raises(IntegrityError, match=r"cannot resume .*block 0"):
         open_writer(small_ledger)
 
 
@@ -131,6 +143,17 @@ def test_lagging_export_is_rewritten_on_reopen(small_ledger: Path) -> None:
     assert audit(small_ledger).warnings
     open_writer(small_ledger)
     assert export.read_bytes() == full
+
+
+def test_a_second_writer_is_refused_until_the_first_closes(small_ledger: Path) -> None:
+    first = open_writer(small_ledger)
+    with pytest.raises(ConfigError, match="open in another writer"):
+        open_writer(small_ledger)
+    first.close()
+    with pytest.raises(InvalidInputError, match="closed"):
+        first.append_block(round_entries(3, meters=1))
+    open_writer(small_ledger).append_block(round_entries(3, meters=1))
+    assert audit(small_ledger).ok
 
 
 def test_the_writer_serves_the_same_proof_as_the_file(small_ledger: Path) -> None:
