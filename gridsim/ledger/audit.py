@@ -24,6 +24,7 @@ not (one line naming the first bad block and entry), 2 for usage errors.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import re
@@ -53,8 +54,6 @@ from gridsim.ledger.entries import (
     read_frames,
 )
 from gridsim.ledger.merkle import (
-    consistency_proof,
-    inclusion_proof,
     leaf_hash,
     merkle_root,
     verify_consistency,
@@ -74,6 +73,133 @@ EpsilonOf = Callable[[Mapping[str, Any], int], float]
 
 def head_file(index: int) -> str:
     return f"{index:08d}.checkpoint"
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two below ``n`` (n > 1): where RFC 9162 splits a tree."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class LogTree:
+    """The RFC 9162 tree over the log's entries, kept as levels of perfect subtrees.
+
+    Appending costs O(log n) amortised; the root at any size and inclusion and
+    consistency proofs cost O(log^2 n) at most, so a writer can serve a proof to
+    every meter after every round and an auditor can check every head without
+    rehashing the log each time. Leaf hashes come from the Rust core; every proof
+    built here is checked by the core's verifier before it is used or served.
+    """
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+        self._levels: list[list[bytes]] = [[]]
+        self._contributions: dict[tuple[int, int], list[tuple[str, int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.leaves)
+
+    def append(self, data: bytes, entry: Entry) -> None:
+        """Add one entry (its bytes, and the decoded entry for the meter index)."""
+        index = len(self.leaves)
+        self.leaves.append(data)
+        self._levels[0].append(leaf_hash(data))
+        level = 0
+        while len(self._levels[level]) % 2 == 0:
+            nodes = self._levels[level]
+            if len(self._levels) == level + 1:
+                self._levels.append([])
+            self._levels[level + 1].append(_node(nodes[-2], nodes[-1]))
+            level += 1
+        if isinstance(entry, MeterContribution):
+            key = (entry.meter, entry.round)
+            self._contributions.setdefault(key, []).append((entry.session, index))
+
+    def truncate(self, size: int) -> None:
+        """Forget every leaf from ``size`` on."""
+        if size >= len(self.leaves):
+            return
+        del self.leaves[size:]
+        for level, nodes in enumerate(self._levels):
+            del nodes[size >> level :]
+        for key, places in list(self._contributions.items()):
+            kept = [(s, i) for s, i in places if i < size]
+            if kept:
+                self._contributions[key] = kept
+            else:
+                del self._contributions[key]
+
+    def _hash(self, start: int, end: int) -> bytes:
+        n = end - start
+        if n == 0:
+            return hashlib.sha256(b"").digest()
+        if n & (n - 1) == 0:
+            # Every left subtree in RFC 9162's recursion is perfect and aligned: stored.
+            return self._levels[n.bit_length() - 1][start // n]
+        k = _split(n)
+        return _node(self._hash(start, start + k), self._hash(start + k, end))
+
+    def root(self, size: int) -> bytes:
+        """Root of the tree over the first ``size`` leaves."""
+        if not 0 <= size <= len(self.leaves):
+            raise IntegrityError(f"tree size {size} outside 0..{len(self.leaves)}")
+        return self._hash(0, size)
+
+    def leaf_hash(self, index: int) -> bytes:
+        return self._levels[0][index]
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 9162 audit path of leaf ``index`` in the tree of ``size`` leaves."""
+        if not 0 <= index < size <= len(self.leaves):
+            raise IntegrityError(f"no leaf {index} in a tree of {size}")
+        path: list[bytes] = []
+        start, end = 0, size
+        while end - start > 1:
+            k = _split(end - start)
+            if index < start + k:
+                path.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self._hash(start, start + k))
+                start += k
+        return path[::-1]
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """RFC 9162 proof that the tree of ``old`` leaves is a prefix of the one of ``new``."""
+        if not 0 <= old <= new <= len(self.leaves):
+            raise IntegrityError(f"no consistency proof from {old} to {new}")
+        if old in (0, new):
+            return []
+        proof: list[bytes] = []
+        start, end, m, whole = 0, new, old, True
+        while m != end - start:
+            k = _split(end - start)
+            if m <= k:
+                proof.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                proof.append(self._hash(start, start + k))
+                start, m, whole = start + k, m - k, False
+        if not whole:
+            proof.append(self._hash(start, end))
+        return proof[::-1]
+
+    def find(self, meter: int, round: int, session: str | None = None) -> int:
+        """Leaf index of ``meter``'s contribution to ``round``; IntegrityError if none or many."""
+        places = [
+            (s, i) for s, i in self._contributions.get((meter, round), []) if session in (None, s)
+        ]
+        if not places:
+            raise IntegrityError(f"no contribution of meter {meter} in round {round}")
+        if len(places) > 1:
+            sessions = ", ".join(sorted({s for s, _ in places}))
+            raise IntegrityError(
+                f"meter {meter} round {round} appears in sessions {sessions}; give the session"
+            )
+        return places[0][1]
 
 
 @dataclass(frozen=True)
@@ -100,7 +226,7 @@ class LedgerState:
 
     verifier: NoteVerifier | None = None
     blocks: list[Block] = field(default_factory=list)
-    leaves: list[bytes] = field(default_factory=list)
+    tree: LogTree = field(default_factory=LogTree)
     sealed_bytes: int = 0
     """Length of the prefix of ``entries.log`` covered by the last verified head."""
     unsealed_entries: int = 0
@@ -425,7 +551,7 @@ def read_ledger(
     except _Bad as bad:
         problem = bad
     last = state.last_head
-    del state.leaves[last.head.size if last else 0 :]
+    state.tree.truncate(last.head.size if last else 0)
     report = AuditReport(
         path=str(root_path),
         ok=problem is None,
@@ -453,7 +579,7 @@ def _read_blocks(
     assert state.verifier is not None
     seen_notes: dict[bytes, int] = {}
     seen_rounds: dict[str, int] = {}
-    leaves = state.leaves  # grows as blocks are read; trimmed to the verified prefix on error
+    tree = state.tree  # grows as blocks are read; trimmed to the verified prefix on error
     previous: SignedHead | None = None
     for index, note in enumerate(notes):
         if note in seen_notes:
@@ -506,9 +632,9 @@ def _read_blocks(
                             number,
                         ) from None
             entries.append(entry)
-            leaves.append(data)
+            tree.append(data, entry)
         _check_block_entries(index, old_size, entries, seen_rounds)
-        if merkle_root(leaves) != head.root:
+        if tree.root(head.size) != head.root:
             raise _Bad(
                 f"block {index}, entries {old_size}-{head.size - 1}: their Merkle root differs "
                 f"from the signed root (an entry of this block was changed, added or removed)",
@@ -516,13 +642,24 @@ def _read_blocks(
                 old_size,
             )
         if previous is not None and not verify_consistency(
-            old_size, head.size, previous.head.root, head.root, consistency_proof(leaves, old_size)
+            old_size,
+            head.size,
+            previous.head.root,
+            head.root,
+            tree.consistency_proof(old_size, head.size),
         ):
             raise _Bad(f"block {index}: not consistent with block {index - 1}", index)
         block = Block(index, signed, old_size, tuple(entries))
         epsilon.block(block)
         state.blocks.append(block)
         previous = signed
+    # The per-head roots above come from LogTree; the core recomputes the last one from scratch.
+    if previous is not None and merkle_root(tree.leaves) != previous.head.root:
+        raise _Bad(
+            f"block {len(notes) - 1}: the Merkle root recomputed by the core differs from the "
+            f"signed root",
+            len(notes) - 1,
+        )
 
 
 def audit(
@@ -549,39 +686,18 @@ def audit(
 
 
 def proof_document(
-    leaves: Sequence[bytes],
-    blocks: Sequence[Block],
-    meter: int,
-    round: int,
-    session: str | None = None,
+    tree: LogTree, head: SignedHead | None, meter: int, round: int, session: str | None = None
 ) -> dict[str, Any]:
-    """The inclusion proof of ``meter``'s contribution to ``round`` against the last head."""
-    if not blocks:
+    """The inclusion proof of ``meter``'s contribution to ``round`` against ``head``."""
+    if head is None:
         raise IntegrityError("the ledger has no signed head yet")
-    found: list[tuple[int, MeterContribution]] = []
-    for block in blocks:
-        for offset, entry in enumerate(block.entries):
-            if (
-                isinstance(entry, MeterContribution)
-                and entry.meter == meter
-                and entry.round == round
-                and (session is None or entry.session == session)
-            ):
-                found.append((block.first + offset, entry))
-    if not found:
-        raise IntegrityError(f"no contribution of meter {meter} in round {round}")
-    if len(found) > 1:
-        sessions = ", ".join(sorted({e.session for _, e in found}))
-        raise IntegrityError(
-            f"meter {meter} round {round} appears in sessions {sessions}; give the session"
-        )
-    index, entry = found[0]
-    last = blocks[-1].head
-    size = last.head.size
-    proof = inclusion_proof(leaves[:size], index)
-    leaf = leaf_hash(leaves[index])
-    if not verify_inclusion(leaf, index, size, proof, last.head.root):
+    index = tree.find(meter, round, session)
+    size = head.head.size
+    proof = tree.inclusion_proof(index, size)
+    leaf = tree.leaf_hash(index)
+    if not verify_inclusion(leaf, index, size, proof, head.head.root):
         raise IntegrityError(f"inclusion proof of leaf {index} does not verify")
+    entry = decode_entry(tree.leaves[index])
     return {
         "meter": meter,
         "round": round,
@@ -589,10 +705,10 @@ def proof_document(
         "leaf_hash": leaf.hex(),
         "index": index,
         "tree_size": size,
-        "root": last.head.root.hex(),
+        "root": head.head.root.hex(),
         "proof": [node.hex() for node in proof],
-        "entry": leaves[index].hex(),
-        "head": last.note.decode(),
+        "entry": tree.leaves[index].hex(),
+        "head": head.note.decode(),
     }
 
 
@@ -614,7 +730,7 @@ def inclusion_proof_for(
     report, state = read_ledger(path, public_key=public_key)
     if not report.ok:
         raise IntegrityError(f"ledger does not verify: {report.problem}")
-    return proof_document(state.leaves, state.blocks, meter, round, session)
+    return proof_document(state.tree, state.last_head, meter, round, session)
 
 
 @dataclass(frozen=True)
@@ -731,7 +847,7 @@ def run(args: argparse.Namespace) -> int:
             print(report.line())
             return 1
         try:
-            doc = proof_document(state.leaves, state.blocks, args.meter, args.round, args.session)
+            doc = proof_document(state.tree, state.last_head, args.meter, args.round, args.session)
         except IntegrityError as exc:
             print(f"NOT FOUND {args.ledger}: {exc}")
             return 1

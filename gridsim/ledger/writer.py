@@ -29,6 +29,7 @@ from gridsim.ledger.audit import (
     HEADS_DIR,
     KEY_FILE,
     Block,
+    LogTree,
     blockchain_document,
     head_file,
     proof_document,
@@ -43,7 +44,6 @@ from gridsim.ledger.entries import (
     encode_entry,
     frame,
 )
-from gridsim.ledger.merkle import merkle_root
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class LedgerWriter:
         self._signer = NoteSigner(origin, signing_key)
         self._clock_ms = clock_ms
         self._blocks: list[Block] = []
-        self._leaves: list[bytes] = []
+        self._tree = LogTree()
         self._rounds: dict[str, int] = {}
         self._broken = False
         self.recovered: str | None = None
@@ -134,7 +134,7 @@ class LedgerWriter:
         if not report.ok:
             raise IntegrityError(f"cannot resume {self.path}: {report.problem}")
         self._blocks = list(state.blocks)
-        self._leaves = list(state.leaves)
+        self._tree = state.tree
         for block in self._blocks:
             self._rounds[block.session] = block.round
         if state.unsealed_bytes:
@@ -154,7 +154,7 @@ class LedgerWriter:
     @property
     def size(self) -> int:
         """Number of entries covered by the last signed head."""
-        return len(self._leaves)
+        return len(self._tree)
 
     @property
     def blocks(self) -> int:
@@ -182,7 +182,7 @@ class LedgerWriter:
 
     def inclusion_proof(self, meter: int, round: int, session: str | None = None) -> dict[str, Any]:
         """The inclusion proof of ``meter``'s contribution to ``round`` against the last head."""
-        return proof_document(self._leaves, self._blocks, meter, round, session)
+        return proof_document(self._tree, self.head, meter, round, session)
 
     # --- appending -----------------------------------------------------------------------
 
@@ -230,20 +230,21 @@ class LedgerWriter:
         self._log.write(b"".join(frame(data) for data in encoded))
         self._log.flush()
         os.fsync(self._log.fileno())
-        leaves = self._leaves + encoded
+        first = len(self._tree)
+        for data, entry in zip(encoded, entries, strict=True):
+            self._tree.append(data, entry)
         previous = self.head
         head = TreeHead(
             origin=self._signer.name,
-            size=len(leaves),
-            root=merkle_root(leaves),
+            size=len(self._tree),
+            root=self._tree.root(len(self._tree)),
             prev=previous.hash if previous else None,
             time_ms=self._clock_ms(),
         )
         signed = sign_head(head, self._signer)
         index = len(self._blocks)
         write_atomically(self.path / HEADS_DIR / head_file(index), signed.note)
-        self._blocks.append(Block(index, signed, len(self._leaves), tuple(entries)))
-        self._leaves = leaves
+        self._blocks.append(Block(index, signed, first, tuple(entries)))
         self._rounds[entries[0].session] = entries[0].round
         self._export()
         self._broken = False
