@@ -359,8 +359,10 @@ def _head_notes(path: Path, warnings: list[str]) -> list[bytes]:
 def _check_block_entries(
     index: int, first: int, entries: Sequence[Entry], seen_rounds: dict[str, int]
 ) -> None:
-    session, round_no = entries[0].session, entries[0].round
     records = [e for e in entries if isinstance(e, RoundRecord)]
+    # The round record says which round the block is; without one, the first entry does.
+    anchor = records[0] if records else entries[0]
+    session, round_no = anchor.session, anchor.round
     participants = set(records[0].participants) if records else None
     meters: set[int] = set()
     for offset, entry in enumerate(entries):
@@ -609,7 +611,7 @@ def _read_blocks(
         if head.size > len(frames):
             raise _Bad(
                 f"block {index}: head covers {head.size} entries but {ENTRIES_LOG} holds "
-                f"only {len(frames)} complete entries (log truncated)",
+                f"only {len(frames)} complete entries (log truncated, or a length prefix changed)",
                 index,
                 len(frames),
             )

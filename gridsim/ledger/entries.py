@@ -222,7 +222,7 @@ def read_frames(log: bytes) -> tuple[list[tuple[int, bytes]], int]:
 
 
 def describe(entry: Entry) -> str:
-    """A short name of ``entry`` for messages: ``meter 7 round 3`` / ``round record 3``."""
+    """A short name of ``entry`` for messages, e.g. ``meter 7's contribution to round 3``."""
     if isinstance(entry, MeterContribution):
-        return f"contribution of meter {entry.meter} (round {entry.round})"
-    return f"round record (round {entry.round})"
+        return f"meter {entry.meter}'s contribution to round {entry.round}"
+    return f"record of round {entry.round}"

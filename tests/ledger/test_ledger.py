@@ -101,7 +101,7 @@ def test_truncated_log_is_named(small_ledger: Path) -> None:
     assert not report.ok
     assert report.problem == (
         "block 2: head covers 12 entries but entries.log holds only 11 complete entries "
-        "(log truncated)"
+        "(log truncated, or a length prefix changed)"
     )
     assert (report.bad_block, report.bad_entry) == (2, 11)
 
@@ -253,7 +253,7 @@ def test_contribution_with_a_bad_meter_signature_is_named(tmp_path: Path) -> Non
     report = audit(tmp_path / "l", meter_keys=keys)
     assert not report.ok
     assert report.problem == (
-        "block 0, entry 1 (contribution of meter 1 (round 0)): meter signature does not verify"
+        "block 0, entry 1 (meter 1's contribution to round 0): meter signature does not verify"
     )
     assert audit(tmp_path / "l").ok  # without the meters' keys this cannot be seen
 
@@ -270,7 +270,7 @@ def test_epsilon_is_recomputed_with_the_given_accountant(small_ledger: Path) -> 
     report = audit(small_ledger, epsilon_of=stingy)
     assert not report.ok
     assert report.problem == (
-        "block 1, entry 7 (round record (round 1)): records epsilon 0.5 but its DP parameters "
+        "block 1, entry 7 (record of round 1): records epsilon 0.5 but its DP parameters "
         "give 0.2 after 2 rounds"
     )
 
@@ -282,5 +282,5 @@ def test_falling_epsilon_is_caught_without_an_accountant(tmp_path: Path) -> None
     report = audit(tmp_path / "l")
     assert not report.ok
     assert report.problem == (
-        "block 1, entry 5 (round record (round 1)): epsilon spent falls from 1 to 0.5"
+        "block 1, entry 5 (record of round 1): epsilon spent falls from 1 to 0.5"
     )
