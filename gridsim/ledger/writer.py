@@ -127,9 +127,12 @@ class LedgerWriter:
         for leftover in [*heads.glob(".*.tmp"), *self.path.glob(".*.tmp")]:
             leftover.unlink()
         if fresh:
-            write_atomically(self.path / KEY_FILE, (verifier.to_vkey() + "\n").encode())
+            # key.pub last: its presence is what marks the ledger as created.
             write_atomically(self.path / BLOCKCHAIN_JSON, blockchain_document(verifier, []))
-            _fsync_dir(self.path)
+            os.fsync(self._log.fileno())
+            _fsync_dir(heads)
+            write_atomically(self.path / KEY_FILE, (verifier.to_vkey() + "\n").encode())
+            _fsync_dir(self.path.parent)
         report, state = read_ledger(self.path, public_key=verifier)
         if not report.ok:
             raise IntegrityError(f"cannot resume {self.path}: {report.problem}")

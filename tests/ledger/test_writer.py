@@ -39,6 +39,14 @@ def test_a_new_ledger_is_empty_and_verifies(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "l" / "blockchain.json").read_text())["blocks"] == []
 
 
+def test_a_creation_cut_short_is_completed_on_reopen(tmp_path: Path) -> None:
+    ledger = tmp_path / "l"
+    open_writer(ledger).close()
+    (ledger / "key.pub").unlink()  # killed before the last step of creating the ledger
+    open_writer(ledger).append_block(round_entries(0, meters=1))
+    assert audit(ledger, public_key=ledger_key(0).public_key()).ok
+
+
 def test_each_head_names_the_previous_one(tmp_path: Path) -> None:
     writer = open_writer(tmp_path / "l")
     first = writer.append_block(round_entries(0, meters=2))
