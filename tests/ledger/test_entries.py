@@ -7,6 +7,8 @@ import math
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridsim.exceptions import IntegrityError, MessageError
 from gridsim.ledger import MeterContribution, RoundRecord, decode_entry, encode_entry
@@ -99,3 +101,54 @@ def test_frames_split_a_log_and_stop_at_an_incomplete_tail() -> None:
     assert [d for _, d in frames] == datas and end == len(log)
     frames, end = read_frames(log + frame(b"partial")[:-2])
     assert len(frames) == 3 and end == len(log)
+
+
+params = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=8),
+    ),
+    max_size=4,
+)
+sessions = st.from_regex(r"[A-Za-z0-9_.-]{1,16}", fullmatch=True)
+meter_ids = st.integers(0, 2**31 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    session=sessions,
+    round_no=meter_ids,
+    meters=st.lists(meter_ids, max_size=8, unique=True),
+    secagg=params,
+    dp=params,
+    eps=st.one_of(st.none(), st.floats(0.0, 1e6)),
+    digest=st.binary(min_size=32, max_size=32),
+)
+def test_any_valid_round_record_round_trips(
+    session: str,
+    round_no: int,
+    meters: list[int],
+    secagg: dict[str, object],
+    dp: dict[str, object],
+    eps: float | None,
+    digest: bytes,
+) -> None:
+    half = len(meters) // 2
+    record = RoundRecord(
+        session=session,
+        round=round_no,
+        participants=meters[:half],
+        dropouts=meters[half:],
+        secagg=secagg,  # type: ignore[arg-type]
+        dp=dp,  # type: ignore[arg-type]
+        epsilon_spent=eps,
+        aggregate_sha256=digest,
+        model_sha256=digest[::-1],
+    )
+    data = encode_entry(record)
+    assert decode_entry(data) == record
+    assert encode_entry(decode_entry(data)) == data
