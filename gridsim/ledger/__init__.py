@@ -7,6 +7,7 @@ from gridsim.ledger.audit import (
     OwnCheck,
     audit,
     inclusion_proof_for,
+    verify_log_growth,
     verify_own_contribution,
 )
 from gridsim.ledger.checkpoint import NoteSigner, NoteVerifier, SignedHead, TreeHead
@@ -48,5 +49,6 @@ __all__ = [
     "merkle_root",
     "verify_consistency",
     "verify_inclusion",
+    "verify_log_growth",
     "verify_own_contribution",
 ]

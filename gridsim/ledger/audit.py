@@ -803,6 +803,63 @@ def verify_own_contribution(
     return OwnCheck(True, f"included as leaf {index} of {size}, head signed by {ledger_key.name}")
 
 
+def consistency_document(tree: LogTree, old_size: int, head: SignedHead | None) -> dict[str, Any]:
+    """The proof that the tree of ``old_size`` leaves is a prefix of the one under ``head``."""
+    if head is None:
+        raise IntegrityError("the ledger has no signed head yet")
+    size = head.head.size
+    if not 0 <= old_size <= size:
+        raise IntegrityError(f"no consistency proof from size {old_size} to {size}")
+    old_root = tree.root(old_size)
+    proof = tree.consistency_proof(old_size, size)
+    if not verify_consistency(old_size, size, old_root, head.head.root, proof):
+        raise IntegrityError(f"consistency proof from {old_size} to {size} does not verify")
+    return {
+        "old_size": old_size,
+        "tree_size": size,
+        "old_root": old_root.hex(),
+        "root": head.head.root.hex(),
+        "proof": [node.hex() for node in proof],
+        "head": head.note.decode(),
+    }
+
+
+def verify_log_growth(
+    *,
+    old_head: str | bytes,
+    new_head: str | bytes,
+    proof: Mapping[str, Any] | str | bytes,
+    ledger_key: NoteVerifier,
+) -> OwnCheck:
+    """Whether the log under ``new_head`` extends the one under ``old_head`` (a meter's
+    check, round after round, that nothing it saw was rewritten or rolled back).
+
+    ``proof`` is the JSON of :func:`consistency_document` (or
+    :meth:`LedgerWriter.consistency_proof`) from the old head's size. Never raises.
+    """
+    try:
+        doc = json.loads(proof) if isinstance(proof, str | bytes) else dict(proof)
+        old = verify_head(old_head.encode() if isinstance(old_head, str) else old_head, ledger_key)
+        new = verify_head(new_head.encode() if isinstance(new_head, str) else new_head, ledger_key)
+        nodes = [bytes.fromhex(node) for node in doc["proof"]]
+        claimed = (int(doc["old_size"]), int(doc["tree_size"]))
+    except (GridsimError, ValueError, KeyError, TypeError) as exc:
+        return OwnCheck(False, f"malformed proof or head: {exc}")
+    if new.head.size < old.head.size:
+        return OwnCheck(
+            False, f"the log shrank from {old.head.size} to {new.head.size} entries (rolled back)"
+        )
+    if claimed != (old.head.size, new.head.size):
+        return OwnCheck(False, "the proof is for other tree sizes than the two heads")
+    if not verify_consistency(old.head.size, new.head.size, old.head.root, new.head.root, nodes):
+        return OwnCheck(
+            False,
+            f"the tree of {new.head.size} entries does not extend the one of {old.head.size} "
+            f"(the log was rewritten)",
+        )
+    return OwnCheck(True, f"the log grew from {old.head.size} to {new.head.size} entries")
+
+
 # --- Command line --------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ from gridsim.ledger.audit import (
     Block,
     LogTree,
     blockchain_document,
+    consistency_document,
     head_file,
     proof_document,
     read_ledger,
@@ -186,6 +187,11 @@ class LedgerWriter:
     def inclusion_proof(self, meter: int, round: int, session: str | None = None) -> dict[str, Any]:
         """The inclusion proof of ``meter``'s contribution to ``round`` against the last head."""
         return proof_document(self._tree, self.head, meter, round, session)
+
+    def consistency_proof(self, old_size: int) -> dict[str, Any]:
+        """Proof that the log of ``old_size`` entries is a prefix of the current one, for
+        :func:`~gridsim.ledger.audit.verify_log_growth`."""
+        return consistency_document(self._tree, old_size, self.head)
 
     # --- appending -----------------------------------------------------------------------
 

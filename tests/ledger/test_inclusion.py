@@ -132,3 +132,45 @@ def test_no_proof_for_an_absent_meter_or_a_tampered_ledger(small_ledger: Path) -
     (small_ledger / "heads" / "00000001.checkpoint").write_bytes(b"junk\n")
     with pytest.raises(IntegrityError, match="ledger does not verify: block 1"):
         inclusion_proof_for(small_ledger, 0, 0)
+
+
+def test_a_meter_can_check_that_the_log_only_grew(tmp_path: Path) -> None:
+    from gridsim.ledger import LedgerWriter, verify_log_growth
+
+    from .conftest import round_entries, ticking_clock
+
+    with LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as writer:
+        writer.append_block(round_entries(0, meters=3))
+        seen = writer.head
+        assert seen is not None
+        writer.append_block(round_entries(1, meters=3))
+        writer.append_block(round_entries(2, meters=3))
+        doc = writer.consistency_proof(seen.head.size)
+    check = verify_log_growth(
+        old_head=seen.note, new_head=doc["head"], proof=json.dumps(doc), ledger_key=VERIFIER
+    )
+    assert (check.ok, check.reason) == (True, "the log grew from 4 to 12 entries")
+
+    # A fork: another log under the same key whose first block differs.
+    with LedgerWriter(tmp_path / "fork", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as fork:
+        fork.append_block(round_entries(0, meters=2))
+        fork.append_block(round_entries(1, meters=6))
+        forked = fork.consistency_proof(4)
+    check = verify_log_growth(
+        old_head=seen.note, new_head=forked["head"], proof=forked, ledger_key=VERIFIER
+    )
+    assert (check.ok, check.reason) == (
+        False,
+        "the tree of 10 entries does not extend the one of 4 (the log was rewritten)",
+    )
+    check = verify_log_growth(
+        old_head=doc["head"], new_head=seen.note, proof=doc, ledger_key=VERIFIER
+    )
+    assert (check.ok, check.reason) == (False, "the log shrank from 12 to 4 entries (rolled back)")
+    check = verify_log_growth(
+        old_head=seen.note,
+        new_head=doc["head"],
+        proof={**doc, "proof": doc["proof"][:-1]},
+        ledger_key=VERIFIER,
+    )
+    assert not check.ok and "does not extend" in check.reason
