@@ -252,6 +252,8 @@ class AuditReport:
     root: str | None
     head_hash: str | None
     key: str | None
+    key_pinned: bool
+    """Whether the log key was given by the caller, rather than read from ``key.pub``."""
     epsilon_spent: float | None
     warnings: list[str]
 
@@ -289,6 +291,7 @@ class AuditReport:
             "root": self.root,
             "head_hash": self.head_hash,
             "key": self.key,
+            "key_pinned": self.key_pinned,
             "epsilon_spent": self.epsilon_spent,
             "warnings": self.warnings,
         }
@@ -565,6 +568,7 @@ def read_ledger(
         root=last.head.root.hex() if last else None,
         head_hash=last.hash.hex() if last else None,
         key=state.verifier.to_vkey() if state.verifier else None,
+        key_pinned=public_key is not None,
         epsilon_spent=epsilon.spent,
         warnings=warnings,
     )
@@ -924,6 +928,11 @@ def run(args: argparse.Namespace) -> int:
         print(report.line())
         for warning in report.warnings:
             print(f"  warning: {warning}")
+        if report.ok and not report.key_pinned:
+            print(
+                f"  note: signatures were checked against {KEY_FILE} in the ledger itself; "
+                f"pass --public-key to pin the operator's key"
+            )
     return 0 if report.ok else 1
 
 

@@ -18,9 +18,12 @@ def test_intact_ledger_exits_0_with_one_line(
 ) -> None:
     assert main([str(small_ledger)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1
+    assert len(out) == 2
     assert out[0].startswith(f"OK {small_ledger}: 3 blocks, 12 entries, root ")
     assert out[0].endswith(", epsilon spent 0.75")
+    assert out[1].startswith("  note: signatures were checked against key.pub")
+    assert main([str(small_ledger), "--public-key", str(small_ledger / "key.pub")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
 
 
 def test_tampered_ledger_exits_1_naming_block_and_entry(
