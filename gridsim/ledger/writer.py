@@ -103,11 +103,7 @@ class LedgerWriter:
     # --- opening and recovery ----------------------------------------------------------
 
     def _open(self) -> None:
-        heads = self.path / HEADS_DIR
-        fresh = not (self.path / KEY_FILE).exists()
-        if fresh and heads.is_dir() and any(heads.glob("*.checkpoint")):
-            raise IntegrityError(f"{self.path}: heads exist but {KEY_FILE} is missing")
-        heads.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
         # One writer per ledger: the lock is taken before any repair, so a second writer
         # can never truncate the tail the first is about to sign. The kernel drops it on kill.
         self._log = open(self.path / ENTRIES_LOG, "ab")  # noqa: SIM115 (held until close)
@@ -117,14 +113,18 @@ class LedgerWriter:
             self._log.close()
             raise ConfigError(f"ledger {self.path} is open in another writer") from None
         try:
-            self._recover(fresh)
+            self._recover()
         except BaseException:
             self._log.close()
             raise
 
-    def _recover(self, fresh: bool) -> None:
+    def _recover(self) -> None:
         verifier = self._signer.verifier
         heads = self.path / HEADS_DIR
+        fresh = not (self.path / KEY_FILE).exists()
+        if fresh and heads.is_dir() and any(heads.glob("*.checkpoint")):
+            raise IntegrityError(f"{self.path}: heads exist but {KEY_FILE} is missing")
+        heads.mkdir(exist_ok=True)
         for leftover in [*heads.glob(".*.tmp"), *self.path.glob(".*.tmp")]:
             leftover.unlink()
         if fresh:
