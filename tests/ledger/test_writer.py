@@ -108,9 +108,11 @@ def test_reopening_resumes_after_the_last_head(small_ledger: Path) -> None:
     assert report.ok and report.blocks == 4
 
 
-def test_reopening_with_another_key_is_refused(small_ledger: Path) -> None:
+def test_reopening_with_another_key_is_refused_and_changes_nothing(small_ledger: Path) -> None:
+    before = {p: p.read_bytes() for p in small_ledger.rglob("*") if p.is_file()}
     with pytest.raises(IntegrityError, match="not the pinned key"):
         open_writer(small_ledger, seed=1)
+    assert {p: p.read_bytes() for p in small_ledger.rglob("*") if p.is_file()} == before
 
 
 def test_reopening_a_tampered_ledger_is_refused(small_ledger: Path) -> None:
