@@ -100,9 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
     agg.add_argument("--broker", required=True)
     agg.add_argument("--meters", type=int, required=True, help="meters to wait for")
     agg.add_argument("--min-meters", type=int, help="start with this many if not all came")
-    agg.add_argument("--out", help="folder for summary.json and rounds.csv")
+    agg.add_argument(
+        "--out", help="folder for summary.json and the ledger (default runs/<timestamp>/)"
+    )
     _add_common(agg)
     _add_training(agg)
+
+    audit = sub.add_parser("audit", help="verify a run's ledger (exit 0 intact, 1 tampered)")
+    from gridsim.ledger.audit import configure_parser
+
+    configure_parser(audit)
 
     broker = sub.add_parser("broker", help="run Mosquitto with broker/mosquitto.conf")
     broker.add_argument("--config", type=Path, help="config file (default broker/mosquitto.conf)")
@@ -194,14 +201,21 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
         seed=cfg.seed,
     )
+    from gridsim.run import default_out_dir, open_ledger
+
+    out = Path(args.out) if args.out else default_out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = open_ledger(out, args.session)
     progress = Progress(cfg.rounds, args.meters)
     agg = Aggregator(
         parse_broker_url(args.broker),
         agg_cfg,
         initial_parameters(cfg.seed),
         on_result=progress.round_done,
+        ledger=ledger,
     )
-    report = asyncio.run(agg.run())
+    with ledger:
+        report = asyncio.run(agg.run())
     progress.close()
     final = report.results[-1]
     train = [r for r in report.results if r.train]
@@ -212,11 +226,9 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         "registered": report.registered,
         "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
         "model_hash": final.model_hash,
+        "ledger": ledger.summary(),
     }
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0
 
@@ -240,8 +252,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from gridsim.ledger.audit import run as run_audit
+
+    return run_audit(args)
+
+
 COMMANDS = {
     "run": _cmd_run,
+    "audit": _cmd_audit,
     "meters": _cmd_meters,
     "aggregator": _cmd_aggregator,
     "broker": _cmd_broker,

@@ -24,10 +24,13 @@ import torch
 from gridsim.aggregator.service import Aggregator, AggregatorConfig, AggregatorReport
 from gridsim.config import RunConfig
 from gridsim.data.households import generate_households
+from gridsim.exceptions import ConfigError
 from gridsim.learning.batched import TrainConfig
 from gridsim.learning.centralized import train_centralized
 from gridsim.learning.model import initial_parameters
 from gridsim.learning.windows import MeterWindows, make_windows
+from gridsim.ledger.audit import audit
+from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.progress import Progress
@@ -85,8 +88,39 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
+def open_ledger(out: Path, session: str) -> LedgerWriter:
+    """``OUT/ledger``, signed with the aggregator key kept in ``OUT/aggregator.key``.
+
+    The key is created on first use (mode 0600) and reused when a run continues
+    in the same folder, so a restarted aggregator extends the same log.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key_path = out / "aggregator.key"
+    if key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"{key_path} is not an Ed25519 private key")
+    else:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+    return LedgerWriter(out / "ledger", key, origin=f"gridsim.local/{session}")
+
+
 async def run_federation(
-    cfg: RunConfig, address: BrokerAddress, session: str, progress: Progress | None = None
+    cfg: RunConfig,
+    address: BrokerAddress,
+    session: str,
+    progress: Progress | None = None,
+    ledger: LedgerWriter | None = None,
 ) -> tuple[AggregatorReport, dict[str, int]]:
     """The aggregator in this process, meters here or in ``cfg.workers`` processes."""
     agg_cfg = AggregatorConfig(
@@ -105,6 +139,7 @@ async def run_federation(
         agg_cfg,
         initial_parameters(cfg.seed),
         on_result=progress.round_done if progress else None,
+        ledger=ledger,
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
@@ -218,9 +253,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     raise_open_file_limit()
     progress = Progress(cfg.rounds, cfg.meters, stream=sys.stderr)
     started = time.perf_counter()
-    with broker_for_run(cfg.broker, cfg.broker_kind) as address:
+    with (
+        open_ledger(out, session) as ledger,
+        broker_for_run(cfg.broker, cfg.broker_kind) as address,
+    ):
         log.info("broker %s, session %s, out %s", address.redacted_url, session, out)
-        report, fleet = asyncio.run(run_federation(cfg, address, session, progress))
+        report, fleet = asyncio.run(run_federation(cfg, address, session, progress, ledger))
     wall = time.perf_counter() - started
     progress.close()
 
@@ -264,6 +302,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "model_hash": final.model_hash,
         "peak_rss_mb": _peak_rss_mb(),
         "meter_stats": fleet,
+        "ledger": audit(out / "ledger").summary(),
     }
     summary = dict(_clean(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

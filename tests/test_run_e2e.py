@@ -71,6 +71,11 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
     assert float(rows[-1]["rmse"]) < float(rows[0]["rmse"])
     config = json.loads((Path(summary["out"]) / "config.json").read_text())
     assert config["meters"] == 50 and config["seed"] == 1
+    # Every round is a signed block of the ledger, and every meter checked its receipt.
+    assert summary["ledger"]["verified"] and summary["ledger"]["heads"] == 3
+    assert summary["ledger"]["size"] == 3 * (50 + 1)
+    assert summary["meter_stats"]["proofs_ok"] == 150
+    assert summary["meter_stats"]["proofs_bad"] == summary["meter_stats"]["proofs_missing"] == 0
     for key in ("mae", "rmse", "nrmse"):
         assert summary["metrics"][key] > 0
 
@@ -104,6 +109,7 @@ class _Chaos(threading.Thread):
             train_s=0.0,
             delta=b"\x00" * 12,
             eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+            signature=b"\x01" * 64,
         )
         foreign = msgspec.structs.replace(update, session="other-session")
         stop_foreign = codec.Stop(v=1, session="other-session", reason="x")
@@ -323,6 +329,27 @@ def test_bad_options_fail_with_a_one_line_reason(args: list[str], message: str) 
     assert proc.returncode == 1
     last = err.strip().splitlines()[-1]
     assert last.startswith("gridsim: error:") and message in last, err
+
+
+def test_audit_command_on_a_run_ledger(tmp_path: Path, mosquitto: BrokerAddress) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, meters=6, rounds=2))
+    ledger = Path(summary["out"]) / "ledger"
+    ok = _gridsim("audit", str(ledger))
+    out, err = ok.communicate(timeout=60)
+    assert ok.returncode == 0 and out.startswith("OK"), out + err
+    proof = _gridsim("audit", str(ledger), "--meter", "4", "--round", "1", "--json")
+    out, err = proof.communicate(timeout=60)
+    assert proof.returncode == 0, err
+    doc = json.loads(out)
+    assert doc["meter"] == 4 and doc["tree_size"] == 14 and len(doc["root"]) == 64
+    log = ledger / "entries.log"
+    data = bytearray(log.read_bytes())
+    data[40] ^= 0x01
+    log.write_bytes(bytes(data))
+    bad = _gridsim("audit", str(ledger))
+    out, err = bad.communicate(timeout=60)
+    assert bad.returncode == 1
+    assert "TAMPERED" in out + err and "block 0" in out + err
 
 
 def test_results_are_valid_numbers(tmp_path: Path, mosquitto: BrokerAddress) -> None:

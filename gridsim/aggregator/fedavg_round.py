@@ -10,6 +10,7 @@ took part. Nothing here does I/O, so tests drive it directly.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 
@@ -35,6 +36,9 @@ class RoundOutcome:
     eval: EvalTotals
     train_s: float
     aggregate_s: float
+    # meter -> (SHA-256 of the payload it sent, its signature over the contribution)
+    contributions: dict[int, tuple[bytes, bytes]]
+    aggregate_sha256: bytes
 
 
 class FedAvgRound:
@@ -60,6 +64,7 @@ class FedAvgRound:
         self._weight = 0
         self._loss_sum = 0.0
         self._answered: dict[int, int] = {}  # meter -> n_samples
+        self._contributions: dict[int, tuple[bytes, bytes]] = {}
         self._eval = EvalTotals()
         self.rejected = 0
         self._train_s = 0.0
@@ -84,6 +89,7 @@ class FedAvgRound:
                 self._weight += msg.n_samples
                 self._loss_sum += msg.train_loss * msg.n_samples
             self._answered[msg.meter] = msg.n_samples
+            self._contributions[msg.meter] = (hashlib.sha256(msg.delta).digest(), msg.signature)
             self._eval = self._eval.add(msg.eval)
             self._train_s = max(self._train_s, msg.train_s)
             return None
@@ -119,9 +125,11 @@ class FedAvgRound:
         start = time.perf_counter()
         self.closed = True
         if self.train and self._weight > 0:
+            mean_delta = (self._acc / self._weight).astype(np.float32)
             new = (self.model.astype(np.float64) + self._acc / self._weight).astype(np.float32)
             loss = self._loss_sum / self._weight
         else:
+            mean_delta = np.zeros(0, dtype=np.float32)
             new, loss = self.model, math.nan
         participants = sorted(self._answered)
         self._aggregate_s += time.perf_counter() - start
@@ -137,4 +145,6 @@ class FedAvgRound:
             eval=self._eval,
             train_s=self._train_s,
             aggregate_s=self._aggregate_s,
+            contributions=dict(self._contributions),
+            aggregate_sha256=hashlib.sha256(mean_delta.astype("<f4").tobytes()).digest(),
         )

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import random
@@ -21,11 +23,14 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
-from gridsim.exceptions import MessageError, RoundError
+from gridsim.exceptions import IntegrityError, MessageError, RoundError
 from gridsim.learning.batched import TrainConfig
 from gridsim.learning.model import model_hash
+from gridsim.ledger.entries import MeterContribution, RoundRecord
+from gridsim.ledger.writer import LedgerWriter
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.droplog import DropLog
@@ -66,12 +71,19 @@ class Aggregator:
         initial_model: npt.NDArray[np.float32],
         *,
         on_result: Callable[[codec.RoundResult], None] | None = None,
+        ledger: LedgerWriter | None = None,
     ) -> None:
         self.config = config
         self.topics = Topics(config.session)
         self.model = initial_model
         self.on_result = on_result
         self.registered: dict[int, int] = {}  # meter -> n_train
+        self.meter_keys: dict[int, Ed25519PublicKey] = {}  # pinned at first hello
+        self.ledger = ledger
+        self._ledger_key = (ledger.path / "key.pub").read_text() if ledger else ""
+        # A ledger continues where it stopped: rounds keep increasing across restarts.
+        last = ledger.last_round(config.session) if ledger else None
+        self.first_round = 0 if last is None else last + 1
         self.offline: set[int] = set()
         self.rejected_messages = 0
         self.results: list[codec.RoundResult] = []
@@ -115,6 +127,13 @@ class Aggregator:
             if msg.meter != meter:
                 self._reject(topic, f"hello from meter {msg.meter} on meter {meter}'s topic")
                 return
+            pinned = self.meter_keys.get(meter)
+            key = Ed25519PublicKey.from_public_bytes(msg.public_key)
+            if pinned is None:
+                self.meter_keys[meter] = key
+            elif pinned != key:
+                self._reject(topic, f"hello for meter {meter} with a key other than its own")
+                return
             self.registered[meter] = msg.n_train
             self.offline.discard(meter)
             self._changed.set()
@@ -123,6 +142,10 @@ class Aggregator:
             if rnd is None:
                 self._reject(topic, f"update for round {msg.round} while no round is open")
                 return
+            forged = self._check_signature(meter, msg)
+            if forged is not None:
+                self._reject(topic, forged)
+                return
             reason = rnd.offer(meter, msg)
             if reason is not None:
                 self._reject(topic, reason)
@@ -130,6 +153,23 @@ class Aggregator:
                 self._changed.set()
         else:
             self._reject(topic, f"unexpected {type(msg).__name__}")
+
+    def _check_signature(self, meter: int, msg: codec.Update) -> str | None:
+        key = self.meter_keys.get(meter)
+        if key is None:
+            return f"update from meter {meter}, which never enrolled a key"
+        contribution = MeterContribution(
+            session=msg.session,
+            round=msg.round,
+            meter=meter,
+            payload_sha256=hashlib.sha256(msg.delta).digest(),
+            signature=msg.signature,
+        )
+        try:
+            contribution.verify(key)
+        except IntegrityError:
+            return f"forged update for meter {meter}: its signature does not verify"
+        return None
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         try:
@@ -197,6 +237,7 @@ class Aggregator:
             deadline_s=cfg.round_timeout_s,
             plan=codec.TrainPlan(cfg.plan.local_epochs, cfg.plan.batch_size, cfg.plan.lr),
             model=codec.vector_to_bytes(self.model),
+            ledger_key=self._ledger_key,
         )
         started = time.perf_counter()
         self._round, self._announce = rnd, codec.encode(announce)
@@ -212,8 +253,61 @@ class Aggregator:
         self._announce = None
         wall = time.perf_counter() - started
         self.model = outcome.model
+        if train and self.ledger is not None and outcome.participants:
+            await self._record(outcome)
         await self._publish_result(outcome, wall)
         return outcome
+
+    async def _record(self, outcome: RoundOutcome) -> None:
+        """Append the round's block to the ledger, then send each meter its receipt."""
+        assert self.ledger is not None
+        session = self.config.session
+        entries: list[MeterContribution | RoundRecord] = [
+            MeterContribution(
+                session=session,
+                round=outcome.round,
+                meter=m,
+                payload_sha256=digest,
+                signature=signature,
+            )
+            for m, (digest, signature) in sorted(outcome.contributions.items())
+        ]
+        entries.append(
+            RoundRecord(
+                session=session,
+                round=outcome.round,
+                participants=outcome.participants,
+                dropouts=outcome.dropouts,
+                secagg={"enabled": False},
+                dp={"mode": "off"},
+                epsilon_spent=None,
+                aggregate_sha256=outcome.aggregate_sha256,
+                model_sha256=bytes.fromhex(model_hash(outcome.model)),
+            )
+        )
+        ledger = self.ledger
+        head = await asyncio.to_thread(ledger.append_block, entries)  # fsyncs
+        note = head.note.decode()
+        receipts = [
+            codec.encode(
+                codec.Proof(
+                    v=codec.WIRE_VERSION,
+                    session=session,
+                    run=self.run_id,
+                    round=outcome.round,
+                    meter=m,
+                    proof=json.dumps(ledger.inclusion_proof(m, outcome.round, session)),
+                    head=note,
+                )
+            )
+            for m in outcome.participants
+        ]
+        await asyncio.gather(
+            *(
+                self.connection.publish(self.topics.proof(m), r, wait=10)
+                for m, r in zip(outcome.participants, receipts, strict=True)
+            )
+        )
 
     async def _publish_result(self, outcome: RoundOutcome, wall: float) -> None:
         metrics = outcome.eval.metrics() or {}
@@ -250,10 +344,11 @@ class Aggregator:
             # Clear what an earlier run of this session may have left retained.
             await self.connection.publish(self.topics.round, b"", retain=True)
             await self._register()
-            for number in range(self.config.rounds):
+            first, last = self.first_round, self.first_round + self.config.rounds
+            for number in range(first, last):
                 outcomes.append(await self._run_round(number, train=True))
             # A last round that only evaluates the final model on every meter.
-            outcomes.append(await self._run_round(self.config.rounds, train=False))
+            outcomes.append(await self._run_round(last, train=False))
             await self.connection.publish(self.topics.round, b"", retain=True, wait=10)
             stop = codec.Stop(v=codec.WIRE_VERSION, session=self.config.session, reason="done")
             await self.connection.publish(self.topics.control, codec.encode(stop), wait=10)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from typing import Any
 
 import aiomqtt
 
-from gridsim.exceptions import MessageError
+from gridsim.exceptions import GridsimError, MessageError
 from gridsim.learning.batched import TrainConfig
+from gridsim.ledger.audit import verify_own_contribution
+from gridsim.ledger.checkpoint import NoteVerifier, load_verifier
+from gridsim.ledger.entries import MeterContribution
 from gridsim.meter.dropout import vanishes
+from gridsim.meter.identity import meter_signing_key, raw_public_key
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
@@ -47,6 +52,13 @@ class MeterAgent:
         self.rounds_answered = 0
         self.rounds_vanished = 0
         self.rejected_messages = 0
+        self.proofs_ok = 0
+        self.proofs_bad = 0
+        self.proofs_missing = 0
+        self._key = meter_signing_key(seed, meter)
+        self._public_key = raw_public_key(self._key)
+        self._ledger_key: NoteVerifier | None = None
+        self._awaiting_proof: tuple[str, int, bytes] | None = None  # run, round, payload hash
         self._answered_round = -1
         self._answer: bytes | None = None
         self._current_round = -1
@@ -55,7 +67,7 @@ class MeterAgent:
         self.connection = Connection(
             address,
             identifier=f"gridsim-{session}-meter-{meter}",
-            subscriptions=[self.topics.round, self.topics.control],
+            subscriptions=[self.topics.round, self.topics.control, self.topics.proof(meter)],
             on_message=self._on_message,
             on_connect=self._on_connect,
             will=aiomqtt.Will(self.topics.status(meter), b"offline", qos=1),
@@ -67,6 +79,7 @@ class MeterAgent:
             session=self.session,
             meter=self.meter,
             n_train=self.pool.data.n_train,
+            public_key=self._public_key,
         )
         await self.connection.publish(self.topics.hello(self.meter), codec.encode(hello), wait=0)
 
@@ -86,6 +99,8 @@ class MeterAgent:
             await self._on_connect()
         elif isinstance(msg, codec.RoundAnnounce) and topic == self.topics.round:
             self._on_announce(msg)
+        elif isinstance(msg, codec.Proof) and topic == self.topics.proof(self.meter):
+            self._on_proof(msg)
         else:
             self._drop(topic, f"unexpected {type(msg).__name__}")
 
@@ -93,7 +108,47 @@ class MeterAgent:
         self.rejected_messages += 1
         DROPS.drop(f"meter {self.meter}", topic, reason)
 
+    def _on_proof(self, msg: codec.Proof) -> None:
+        """Check that the ledger holds exactly the update this meter sent."""
+        waiting = self._awaiting_proof
+        if waiting is None or (msg.run, msg.round) != waiting[:2] or self._ledger_key is None:
+            self._drop(self.topics.proof(self.meter), f"unexpected proof for round {msg.round}")
+            return
+        self._awaiting_proof = None
+        check = verify_own_contribution(
+            meter=self.meter,
+            round=msg.round,
+            payload_sha256=waiting[2],
+            proof=msg.proof,
+            head=msg.head,
+            ledger_key=self._ledger_key,
+            session=self.session,
+            meter_key=self._key.public_key(),
+        )
+        if check.ok:
+            self.proofs_ok += 1
+        else:
+            self.proofs_bad += 1
+            log.error(
+                "meter %d: bad ledger proof for round %d: %s", self.meter, msg.round, check.reason
+            )
+
+    def _check_proof_arrived(self, msg: codec.RoundAnnounce) -> None:
+        """A new round began: the previous round's proof should have come by now."""
+        waiting = self._awaiting_proof
+        if waiting is not None and (waiting[0] != msg.run or waiting[1] < msg.round):
+            self.proofs_missing += 1
+            log.error("meter %d: no ledger proof for round %d", self.meter, waiting[1])
+            self._awaiting_proof = None
+
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
+        self._check_proof_arrived(msg)
+        if msg.ledger_key and self._ledger_key is None:
+            try:
+                # Trust on first use: the first ledger key this meter sees is pinned.
+                self._ledger_key = load_verifier(msg.ledger_key.encode())
+            except GridsimError as exc:
+                self._drop(self.topics.round, f"bad ledger key: {exc}")
         if self.meter not in msg.selected:
             return
         if msg.run != self._run:
@@ -134,6 +189,11 @@ class MeterAgent:
             expected=expected,
         )
         e = answer.eval
+        delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
+        digest = hashlib.sha256(delta).digest()
+        signature = self._key.sign(
+            MeterContribution.message(self.session, msg.round, self.meter, digest)
+        )
         update = codec.Update(
             v=codec.WIRE_VERSION,
             session=self.session,
@@ -143,7 +203,7 @@ class MeterAgent:
             n_samples=answer.n_samples,
             train_loss=answer.train_loss,
             train_s=answer.train_s,
-            delta=b"" if answer.delta is None else codec.vector_to_bytes(answer.delta),
+            delta=delta,
             eval=codec.EvalReport(
                 sse=e.sse,
                 sae=e.sae,
@@ -152,9 +212,12 @@ class MeterAgent:
                 naive_sse=e.naive_sse,
                 naive_sae=e.naive_sae,
             ),
+            signature=signature,
         )
         payload = codec.encode(update)
         self._answered_round, self._answer = msg.round, payload
+        if msg.train and msg.ledger_key:
+            self._awaiting_proof = (msg.run, msg.round, digest)
         await self._send(payload)
         self.rounds_answered += 1
 
@@ -204,4 +267,7 @@ async def run_fleet(
         "answered": sum(a.rounds_answered for a in agents),
         "vanished": sum(a.rounds_vanished for a in agents),
         "rejected_messages": sum(a.rejected_messages for a in agents),
+        "proofs_ok": sum(a.proofs_ok for a in agents),
+        "proofs_bad": sum(a.proofs_bad for a in agents),
+        "proofs_missing": sum(a.proofs_missing for a in agents),
     }

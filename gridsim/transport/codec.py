@@ -43,6 +43,9 @@ class Hello(Message, tag="hello", frozen=True):
 
     meter: MeterId
     n_train: Annotated[int, msgspec.Meta(ge=0)]
+    # The meter's Ed25519 identity key (raw 32 bytes); the aggregator pins the first
+    # key it sees for a meter and checks every later signature against it.
+    public_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
 
 
 class RollCall(Message, tag="rollcall", frozen=True):
@@ -70,6 +73,8 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     deadline_s: Annotated[float, msgspec.Meta(gt=0.0, le=86400.0)]
     plan: TrainPlan
     model: bytes  # float32 little-endian
+    # The audit ledger's verifier key (a C2SP vkey line), "" when the run keeps no ledger.
+    ledger_key: Annotated[str, msgspec.Meta(max_length=512)]
 
 
 class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -94,6 +99,9 @@ class Update(Message, tag="update", frozen=True):
     train_s: NonNegFloat
     delta: bytes  # float32 little-endian, empty when the round did not train
     eval: EvalReport
+    # Ed25519 over the ledger's MeterContribution message for SHA-256(delta):
+    # it authenticates the update and is what the ledger records.
+    signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
 
 
 class RoundResult(Message, tag="result", frozen=True):
@@ -117,13 +125,24 @@ class RoundResult(Message, tag="result", frozen=True):
     aggregate_s: float
 
 
+class Proof(Message, tag="proof", frozen=True):
+    """The aggregator's receipt to one meter: its contribution's inclusion proof and
+    the signed tree head it is proven against (see ``gridsim.ledger.audit``)."""
+
+    run: RunId
+    round: RoundNo
+    meter: MeterId
+    proof: Annotated[str, msgspec.Meta(max_length=65536)]  # JSON of inclusion_proof_for
+    head: Annotated[str, msgspec.Meta(max_length=8192)]  # the signed checkpoint note
+
+
 class Stop(Message, tag="stop", frozen=True):
     """The run is over; meters disconnect and exit."""
 
     reason: str
 
 
-AnyMessage = Hello | RollCall | RoundAnnounce | Update | RoundResult | Stop
+AnyMessage = Hello | RollCall | RoundAnnounce | Update | RoundResult | Proof | Stop
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMessage)

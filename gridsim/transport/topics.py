@@ -35,6 +35,9 @@ class Topics:
     def update(self, meter: int) -> str:
         return f"{self.prefix}/update/{meter}"
 
+    def proof(self, meter: int) -> str:
+        return f"{self.prefix}/proof/{meter}"
+
     def status(self, meter: int) -> str:
         return f"{self.prefix}/status/{meter}"
 

@@ -22,6 +22,7 @@ def _update(meter: int, delta: np.ndarray, n: int, round_: int = 0, **over: obje
         train_s=0.5,
         delta=codec.vector_to_bytes(delta.astype(np.float32)),
         eval=codec.EvalReport(sse=4.0, sae=2.0, count=4, sum_y=8.0, naive_sse=16.0, naive_sae=4.0),
+        signature=b"\x00" * 64,
     )
     fields.update(over)
     return codec.Update(**fields)  # type: ignore[arg-type]

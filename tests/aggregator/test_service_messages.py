@@ -1,0 +1,82 @@
+"""The aggregator's handling of enrolment and signatures, driven without a broker."""
+
+import asyncio
+import hashlib
+
+import numpy as np
+
+from gridsim.aggregator.service import Aggregator, AggregatorConfig
+from gridsim.ledger.entries import MeterContribution
+from gridsim.meter.identity import meter_signing_key, raw_public_key
+from gridsim.transport import codec
+from gridsim.transport.broker import BrokerAddress
+from gridsim.transport.topics import Topics
+
+DIM = 6
+
+
+def _hello(meter: int, key_seed: int) -> bytes:
+    key = raw_public_key(meter_signing_key(key_seed, meter))
+    return codec.encode(codec.Hello(v=1, session="s", meter=meter, n_train=10, public_key=key))
+
+
+def _update(agg: Aggregator, meter: int, key_seed: int, delta: np.ndarray) -> bytes:
+    payload = codec.vector_to_bytes(delta.astype(np.float32))
+    key = meter_signing_key(key_seed, meter)
+    digest = hashlib.sha256(payload).digest()
+    sig = key.sign(MeterContribution.message("s", 0, meter, digest))
+    return codec.encode(
+        codec.Update(
+            v=1,
+            session="s",
+            run=agg.run_id,
+            round=0,
+            meter=meter,
+            n_samples=10,
+            train_loss=0.1,
+            train_s=0.0,
+            delta=payload,
+            eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+            signature=sig,
+        )
+    )
+
+
+async def _aggregator() -> Aggregator:
+    cfg = AggregatorConfig(session="s", rounds=1, expected_meters=2)
+    return Aggregator(BrokerAddress("127.0.0.1", 1), cfg, np.zeros(DIM, dtype=np.float32))
+
+
+def test_forged_hello_and_update_are_rejected() -> None:
+    async def scenario() -> None:
+        agg = await _aggregator()
+        t = Topics("s")
+        agg._on_message(t.hello(1), _hello(1, key_seed=7))
+        agg._on_message(t.hello(2), _hello(2, key_seed=7))
+        # Someone else claims meter 1 with another key: refused, meter 1 keeps its key.
+        agg._on_message(t.hello(1), _hello(1, key_seed=99))
+        assert agg.rejected_messages == 1
+        from gridsim.aggregator.fedavg_round import FedAvgRound
+
+        agg._round = FedAvgRound(
+            0,
+            selected=[1, 2],
+            model=np.zeros(DIM, dtype=np.float32),
+            train=True,
+            run=agg.run_id,
+        )
+        # An update for meter 1 signed with the impostor's key is forged.
+        agg._on_message(t.update(1), _update(agg, 1, key_seed=99, delta=np.ones(DIM)))
+        assert agg.rejected_messages == 2 and agg._round.pending() == {1, 2}
+        # An update from a meter that never enrolled is refused too.
+        agg._on_message(t.update(5), _update(agg, 5, key_seed=7, delta=np.ones(DIM)))
+        assert agg.rejected_messages == 3
+        # The genuine updates are accepted.
+        agg._on_message(t.update(1), _update(agg, 1, key_seed=7, delta=np.ones(DIM)))
+        agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
+        assert agg._round.complete and agg.rejected_messages == 3
+        out = agg._round.close()
+        np.testing.assert_allclose(out.model, np.ones(DIM))
+        assert set(out.contributions) == {1, 2}
+
+    asyncio.run(scenario())
