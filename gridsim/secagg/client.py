@@ -73,6 +73,7 @@ from gridsim.secagg.messages import (
 PAIRWISE_SEED_INFO: Final = b"gridsim/secagg/v1/pairwise-mask-seed\x00"
 SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
+SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
 
 
@@ -141,6 +142,13 @@ def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
         + sender.to_bytes(4, "little")
         + recipient.to_bytes(4, "little")
     )
+
+
+def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
+    """SHA-256 commitment to ``meter``'s self-mask seed of a round (hiding: the seed is random)."""
+    return hashlib.sha256(
+        SEED_COMMITMENT_DOMAIN + _context(session, round) + meter.to_bytes(4, "little") + seed
+    ).digest()
 
 
 def words_dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
@@ -271,6 +279,7 @@ class SecAggClient:
             meter=self.meter,
             enc_key=public_bytes(enc_sk),
             agree_key=public_bytes(agree_sk),
+            seed_commitment=seed_commitment(self.session, request.round, self.meter, self_seed),
         )
         self._advert = sign(reply, self._signing_key)
         return self._advert

@@ -93,6 +93,23 @@ class _FromMeter(_Signed, frozen=True):
     meter: MeterId
 
 
+# ---- meters -> server ------------------------------------------------------------
+# (AdvertiseKeys comes first because ShareRequest relays it.)
+
+
+class AdvertiseKeys(_FromMeter, tag="sa.advertise", frozen=True):
+    """A meter's fresh X25519 public keys for this round (share encryption, mask agreement).
+
+    ``seed_commitment`` is SHA-256 of the round's self-mask seed (see
+    :func:`gridsim.secagg.client.seed_commitment`): the server checks the seed it
+    reconstructs against it, so a wrong share cannot silently corrupt the sum.
+    """
+
+    enc_key: Key32
+    agree_key: Key32
+    seed_commitment: Key32
+
+
 # ---- server -> meters ------------------------------------------------------------
 
 
@@ -100,13 +117,6 @@ class AdvertiseRequest(_Signed, tag="sa.advertise_req", frozen=True):
     """The server opens a round: its parameters."""
 
     params: RoundParams
-
-
-class AdvertiseKeys(_FromMeter, tag="sa.advertise", frozen=True):
-    """A meter's fresh X25519 public keys for this round (share encryption, mask agreement)."""
-
-    enc_key: Key32
-    agree_key: Key32
 
 
 class ShareRequest(_Signed, tag="sa.share_req", frozen=True):
@@ -137,7 +147,7 @@ class UnmaskRequest(_Signed, tag="sa.unmask_req", frozen=True):
     dropped: list[MeterId]
 
 
-# ---- meters -> server ------------------------------------------------------------
+# ---- meters -> server, continued -------------------------------------------------
 
 
 class ShareKeys(_FromMeter, tag="sa.share", frozen=True):
