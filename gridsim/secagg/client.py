@@ -10,7 +10,8 @@ one method that takes the server's message and returns the meter's reply::
 
 A method that cannot accept its message raises :class:`ProtocolError` with the
 reason and leaves the client as it was, so a forged or replayed message cannot
-derail a round; the transport logs it and drops it. Every request must carry the
+derail a round; forged, replayed and out-of-order requests are also logged (logger
+``gridsim.secagg.client``), and the transport drops them. Every request must carry the
 server's signature, this client's session, the round opened by the last accepted
 :class:`AdvertiseRequest` and the stage the client is waiting for. A new
 :class:`AdvertiseRequest` with a higher round number starts a new round at any
@@ -33,6 +34,7 @@ the share of the self-mask seed (survivor) or of the key (dropped), never both.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from typing import Final, cast
@@ -69,6 +71,8 @@ from gridsim.secagg.messages import (
     sign,
     verify_signature,
 )
+
+log = logging.getLogger(__name__)
 
 PAIRWISE_SEED_INFO: Final = b"gridsim/secagg/v1/pairwise-mask-seed\x00"
 SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
@@ -223,6 +227,15 @@ class SecAggClient:
         return self._params
 
     def _check(self, msg: ServerMessage, expected: type[ServerMessage], stage: Stage) -> None:
+        try:
+            self._check_envelope(msg, expected, stage)
+        except ProtocolError as exc:
+            log.warning("secagg meter %s: rejected %s: %s", self.meter, type(msg).__name__, exc)
+            raise
+
+    def _check_envelope(
+        self, msg: ServerMessage, expected: type[ServerMessage], stage: Stage
+    ) -> None:
         if not isinstance(msg, expected):
             raise ProtocolError(
                 f"out of order: got {type(msg).__name__}, waiting for {expected.__name__}"

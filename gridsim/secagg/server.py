@@ -580,6 +580,9 @@ class SecAggServer:
     def _verify(self, total: masking.MaskArray, plaintext: Mapping[int, masking.MaskArray]) -> bool:
         p = self._params
         assert p is not None
+        missing = [u for u in self._survivors if u not in plaintext]
+        if missing:
+            raise InvalidInputError(f"no plaintext input for surviving meters {missing[:5]}")
         expected = np.zeros(p.d, dtype=words_dtype(p.bits))
         for u in self._survivors:
             expected += plaintext[u]

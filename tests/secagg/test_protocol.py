@@ -378,6 +378,10 @@ def test_server_rejects_and_logs_a_forged_meter_message(caplog: pytest.LogCaptur
     assert "bad signature" in caplog.text
     fed.server.receive(_wire(genuine), 0.0)  # the genuine one still counts
     assert m not in fed.server.waiting_for
+    # A meter that never enrolled cannot take part, whatever it signs.
+    stranger = msgspec.structs.replace(genuine, meter=424242)
+    with pytest.raises(ProtocolError, match="meter 424242 is not enrolled"):
+        fed.server.receive(_wire(msg.sign(stranger, fed.meter_keys[other])), 0.0)
 
 
 def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
@@ -405,7 +409,9 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     assert [r.round for r in fed.server.rejected] == [2, 2, 2, 2]
 
 
-def test_client_rejects_forged_replayed_and_out_of_order_requests() -> None:
+def test_client_rejects_forged_replayed_and_out_of_order_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     fed = federation(10, _config(10))
     inputs = inputs_for(fed)
     run_round(fed, 1, inputs)
@@ -430,6 +436,7 @@ def test_client_rejects_forged_replayed_and_out_of_order_requests() -> None:
     )
     with pytest.raises(ProtocolError, match="out of order: UNMASK request while waiting for SHARE"):
         client.unmask(msg.sign(early, fed.server_key))
+    assert caplog.text.count(f"secagg meter {m}: rejected") == 4
     # After all that, the genuine request is still accepted.
     assert client.share_keys(out.broadcast).meter == m
 
