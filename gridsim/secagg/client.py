@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gridsim.exceptions import GridsimError, ProtocolError
 from gridsim.secagg import masking
-from gridsim.secagg.graph import neighbor_graph, threshold_for
+from gridsim.secagg.graph import min_degree, neighbor_graph, resolve_degree, threshold_for
 from gridsim.secagg.messages import (
     SECAGG_WIRE_VERSION,
     AdvertiseKeys,
@@ -268,6 +268,11 @@ class SecAggClient:
             raise ProtocolError(f"meter {self.meter} is not selected in round {request.round}")
         if len(set(p.meters)) != n or not 1 <= p.neighbors <= n - 1:
             raise ProtocolError("round parameters: repeated meters or impossible degree")
+        if resolve_degree(n, p.neighbors) != p.neighbors or p.neighbors < min_degree(n):
+            raise ProtocolError(
+                f"degree {p.neighbors} is not an even degree of at least {min_degree(n)} "
+                f"or every pair, for {n} meters"
+            )
         if not threshold_for(p.neighbors) <= p.threshold <= p.neighbors:
             raise ProtocolError(
                 f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"

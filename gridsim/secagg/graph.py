@@ -41,9 +41,11 @@ Choosing k
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Final, Literal, TypeAlias
 
 from gridsim.exceptions import InvalidInputError
@@ -72,6 +74,17 @@ def _fail_probability(k: int, delta: float) -> float:
     return sum(math.comb(k, j) * delta**j * (1 - delta) ** (k - j) for j in range(lost, k + 1))
 
 
+def min_degree(n: int) -> int:
+    """The fewest neighbours a meter accepts: ``2 * ceil(log2 n)``, or every pair if fewer.
+
+    A server asking for less could isolate a meter among neighbours it controls;
+    :class:`~gridsim.secagg.client.SecAggClient` refuses such rounds.
+    """
+    if n < 2:
+        raise InvalidInputError(f"secure aggregation needs at least 2 meters, got {n}")
+    return min(n - 1, 2 * math.ceil(math.log2(n)))
+
+
 def default_degree(n: int, *, dropout: float = 0.1, failure_bits: int = 20) -> int:
     """The smallest even ``k`` whose round fails w.p. at most ``2**-failure_bits`` (see above).
 
@@ -82,8 +95,7 @@ def default_degree(n: int, *, dropout: float = 0.1, failure_bits: int = 20) -> i
     if not 0.0 <= dropout < 0.5:
         raise InvalidInputError(f"dropout must be in [0, 0.5), got {dropout}")
     bound = 2.0**-failure_bits / n
-    floor = 2 * math.ceil(math.log2(n))
-    for k in range(floor, n - 1, 2):
+    for k in range(min_degree(n), n - 1, 2):
         if _fail_probability(k, dropout) <= bound:
             return k
     return n - 1
@@ -139,20 +151,28 @@ def neighbor_graph(
     """
     if len(seed) != GRAPH_SEED_LEN:
         raise InvalidInputError(f"the graph seed is {GRAPH_SEED_LEN} bytes, got {len(seed)}")
-    ring = sorted(meters)
-    n = len(ring)
-    if len(set(ring)) != n:
+    ring = tuple(sorted(meters))
+    if len(set(ring)) != len(ring):
         raise InvalidInputError("the meter list repeats a meter")
-    k = resolve_degree(n, neighbors)
+    return _harary(ring, resolve_degree(len(ring), neighbors), bytes(seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _harary(meters: tuple[int, ...], k: int, seed: bytes) -> Mapping[int, frozenset[int]]:
+    # Cached: in a simulation every meter of a round asks for the same graph.
+    ring = list(meters)
+    n = len(ring)
     if k == n - 1:
         everyone = frozenset(ring)
-        return {m: everyone - {m} for m in ring}
-    stream = _SeededStream(bytes(seed) + n.to_bytes(4, "little"))
+        return MappingProxyType({m: everyone - {m} for m in ring})
+    stream = _SeededStream(seed + n.to_bytes(4, "little"))
     for i in range(n - 1, 0, -1):
         j = stream.below(i + 1)
         ring[i], ring[j] = ring[j], ring[i]
     half = k // 2
-    return {
-        m: frozenset(ring[(i + step) % n] for step in range(-half, half + 1) if step != 0)
-        for i, m in enumerate(ring)
-    }
+    return MappingProxyType(
+        {
+            m: frozenset(ring[(i + step) % n] for step in range(-half, half + 1) if step != 0)
+            for i, m in enumerate(ring)
+        }
+    )

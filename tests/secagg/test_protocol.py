@@ -350,6 +350,31 @@ def test_client_answers_one_unmasking_request_per_round() -> None:
         fed.clients[u].unmask(second)
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"threshold": 16}, "threshold 16 is not a majority of 32 neighbours"),
+        ({"neighbors": 4}, "degree 4 is not an even degree of at least 12"),
+        ({"neighbors": 31}, "degree 31 is not an even degree"),
+    ],
+)
+def test_client_refuses_round_parameters_that_weaken_its_privacy(
+    change: dict[str, int], reason: str
+) -> None:
+    # Below a majority two disjoint sets of neighbours could each hold t shares;
+    # too few neighbours could leave a meter among meters the server controls.
+    fed = federation(50, _config(50))
+    out = fed.server.start_round(1, sorted(fed.clients), 0.0, graph_seed=GRAPH_SEED)
+    assert isinstance(out.broadcast, msg.AdvertiseRequest)
+    assert out.broadcast.params.neighbors == 32
+    params = msgspec.structs.replace(out.broadcast.params, **change)
+    bad = msg.sign(msgspec.structs.replace(out.broadcast, params=params), fed.server_key)
+    client = next(iter(fed.clients.values()))
+    with pytest.raises(ProtocolError, match=reason):
+        client.advertise(bad)
+    assert client.advertise(out.broadcast).round == 1
+
+
 def test_client_refuses_a_roster_with_a_substituted_key() -> None:
     # The server swaps a neighbour's mask key for its own: the meter's signature fails.
     fed = federation(10, _config(10))
