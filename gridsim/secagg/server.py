@@ -8,10 +8,16 @@ How a transport drives one round of a :class:`SecAggServer`::
     # ProtocolError (already logged and recorded in server.rejected) for bad ones.
     # When server.stage_complete or now >= server.deadline:
     out = server.close_stage(now)                     # the next request(s), or the end
-    #   out.broadcast  one signed message for every meter still in the round
+    #   out.broadcast  one signed message for every meter in server.waiting_for
     #   out.direct     signed messages addressed to single meters (relayed shares)
     #   out.result     the SecAggResult after the last stage
     #   out.abandoned  the reason, when the round was abandoned
+
+Each meter hands every request to its :class:`~gridsim.secagg.client.SecAggClient`
+(``advertise``, ``share_keys``, ``masked_input``, ``unmask``, by message type) and
+publishes the reply. Messages cross the wire with
+:func:`gridsim.secagg.messages.encode` and :func:`~gridsim.secagg.messages.decode`.
+Meters need the server's public key and their neighbours' enrolment keys.
 
 Stages and who the server waits for: ``ADVERTISE`` (the selected meters),
 ``SHARE`` (those that advertised keys), ``MASKED_INPUT`` (those that shared),
@@ -21,8 +27,9 @@ answer are dropouts. If fewer than ``min_survivors`` (at least the threshold ``t
 remain, or a needed secret has fewer than ``t`` shares, the round is abandoned with
 the reason recorded and no aggregate; the next :meth:`start_round` works as usual.
 
-The last stage reconstructs each survivor's self-mask seed and each dropped meter's
-mask-agreement key (checked against the public key it advertised) with
+The last stage reconstructs each survivor's self-mask seed (checked against the
+commitment it advertised) and each dropped meter's mask-agreement key (checked
+against the public key it advertised) with
 :func:`~gridsim.secagg.masking.shamir_combine`, re-derives the dropped meters'
 pairwise seeds with their surviving neighbours, and removes every mask in one
 :func:`~gridsim.secagg.masking.expand_masks` call. What is left is the modular sum
