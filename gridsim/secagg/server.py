@@ -59,6 +59,7 @@ from gridsim.secagg.graph import (
     GRAPH_SEED_LEN,
     Neighbors,
     default_degree,
+    min_degree,
     neighbor_graph,
     resolve_degree,
     threshold_for,
@@ -296,6 +297,10 @@ class SecAggServer:
         k = resolve_degree(
             n, default_degree(n, dropout=cfg.dropout) if neighbors is None else neighbors
         )
+        if k < min_degree(n):
+            raise InvalidInputError(
+                f"{k} neighbours is below the minimum {min_degree(n)} meters accept for n = {n}"
+            )
         t = threshold_for(k) if cfg.threshold is None else cfg.threshold
         if not threshold_for(k) <= t <= k:
             raise InvalidInputError(f"threshold {t} must be a majority of the {k} neighbours")

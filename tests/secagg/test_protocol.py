@@ -19,12 +19,15 @@ import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
-from gridsim.exceptions import ProtocolError, RoundError
+from gridsim.exceptions import InvalidInputError, ProtocolError, RoundError
 from gridsim.secagg import masking
 from gridsim.secagg import messages as msg
 from gridsim.secagg.client import SecAggClient, pairwise_seed, public_bytes
+from gridsim.secagg.graph import min_degree, resolve_degree
 from gridsim.secagg.messages import Stage
 from gridsim.secagg.server import Outbox, RoundState, SecAggConfig, SecAggServer
 
@@ -95,11 +98,14 @@ def run_round(
     *,
     verify: bool = True,
     until: Stage | None = None,
+    refusals: list[str] | None = None,
 ) -> Outbox:
     """Run one round; meters in ``drop[stage]`` stop answering from that stage on.
 
     With ``until``, stop once that stage's requests are out (they are in
-    ``fed.requests``) and return the outbox that carried them.
+    ``fed.requests``) and return the outbox that carried them. With ``refusals``, a
+    meter that refuses a request (ProtocolError) goes silent, as over a real
+    transport, and the reason is appended; without it the error propagates.
     """
     drop = drop or {}
     server, now = fed.server, 0.0
@@ -119,15 +125,22 @@ def run_round(
                 continue
             client, req = fed.clients[m], _wire(request)
             reply: msg.MeterMessage
-            if isinstance(req, msg.AdvertiseRequest):
-                reply = client.advertise(req)
-            elif isinstance(req, msg.ShareRequest):
-                reply = client.share_keys(req)
-            elif isinstance(req, msg.MaskedInputRequest):
-                reply = client.masked_input(req, inputs[m])
-            else:
-                assert isinstance(req, msg.UnmaskRequest)
-                reply = client.unmask(req)
+            try:
+                if isinstance(req, msg.AdvertiseRequest):
+                    reply = client.advertise(req)
+                elif isinstance(req, msg.ShareRequest):
+                    reply = client.share_keys(req)
+                elif isinstance(req, msg.MaskedInputRequest):
+                    reply = client.masked_input(req, inputs[m])
+                else:
+                    assert isinstance(req, msg.UnmaskRequest)
+                    reply = client.unmask(req)
+            except ProtocolError as exc:
+                if refusals is None:
+                    raise
+                refusals.append(str(exc))
+                gone.add(m)
+                continue
             replies[m] = reply
             server.receive(_wire(reply), now)
         fed.replies[stage] = replies
@@ -543,3 +556,51 @@ def test_all_neighbours_masks_exactly_as_classic_secagg() -> None:
         assert isinstance(sent, msg.MaskedInput)
         got = masking.unpack(sent.data, 32, D)
         assert np.array_equal(got, (want % 2**32).astype(np.uint32))
+
+
+# ---- any dropout pattern: the exact sum or a stated reason, never a wrong sum -------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(3, 16),
+    k=st.one_of(st.just("all"), st.integers(1, 15)),
+    drops=st.lists(st.tuples(st.sampled_from(list(Stage)), st.integers(0, 15)), max_size=10),
+    seed=st.integers(0, 2**16),
+)
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_stated_reason(
+    n: int, k: int | str, drops: list[tuple[Stage, int]], seed: int
+) -> None:
+    d = 16
+    config = SecAggConfig(
+        d=d,
+        bits=24,
+        clip=1.0,
+        scale=masking.max_scale(1.0, 24, n),
+        neighbors=k,  # type: ignore[arg-type]
+    )
+    fed = federation(n, config, seed=seed)
+    meters = sorted(fed.clients)
+    if k != "all" and resolve_degree(n, k) < min_degree(n):
+        with pytest.raises(InvalidInputError, match="below the minimum"):
+            fed.server.start_round(1, meters, 0.0)
+        return
+    drop: dict[Stage, set[int]] = {}
+    for stage, i in drops:
+        drop.setdefault(stage, set()).add(meters[i % n])
+    rng = np.random.default_rng(seed)
+    inputs = {m: rng.uniform(-1, 1, d).astype(np.float32) for m in meters}
+    refusals: list[str] = []
+    out = run_round(fed, 1, inputs, drop, refusals=refusals)
+    # An honest meter refuses to go on only when too few neighbours are left.
+    for reason in refusals:
+        assert re.match(r"only \d+ (neighbours advertised keys|neighbours shared)", reason)
+    if out.result is None:
+        assert out.abandoned and re.match(r"only \d+ meters|cannot recover", out.abandoned)
+        event("abandoned")
+        return
+    event("exact sum")
+    assert out.result.verified is True
+    silent = set().union(*drop.values()) if drop else set()
+    if not refusals:
+        assert set(out.result.survivors) >= set(meters) - silent
