@@ -32,11 +32,14 @@ Choosing k
     ``n * P[Binomial(k, delta) >= k - t + 1] <= 2**-failure_bits``, i.e. the chance
     that any meter keeps fewer than ``t`` live neighbours (neighbours drop
     independently with probability ``delta``) is below ``2**-failure_bits``, and at
-    least ``2 * ceil(log2 n)`` so the graph stays well connected (the ``O(log n)`` of
-    Bell et al.). A failed round is abandoned, not a leak, so the default bound is
-    ``2**-20``. At ``delta = 0.1`` this gives k = 32 for n = 50, 36 for n = 500 and
-    42 for n = 10,000; at ``delta = 0.3``, every pair up to n = 100 and k = 204 for
-    n = 500. Deployments pass ``--secagg-neighbors`` to choose ``k`` themselves.
+    least :func:`min_degree` ``= 2 * ceil(log2 n)`` so the graph stays well
+    connected (the ``O(log n)`` of Bell et al.). A failed round is abandoned, not a
+    leak, so the default bound is ``2**-20``. At ``delta = 0.1`` this gives k = 32
+    for n = 50, 36 for n = 500 and 42 for n = 10,000; at ``delta = 0.3``, every pair
+    up to n = 100 and k = 204 for n = 500. Deployments pass ``--secagg-neighbors``
+    to choose ``k`` themselves, never below :func:`min_degree`: meters refuse
+    rounds with fewer neighbours, a threshold below a majority, or an odd degree
+    other than every pair.
 """
 
 from __future__ import annotations
