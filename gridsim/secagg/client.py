@@ -1,0 +1,514 @@
+"""The meter's side of SecAgg+, a state machine with no I/O.
+
+A :class:`SecAggClient` answers the four requests of a round, in order, each with
+one method that takes the server's message and returns the meter's reply::
+
+    keys    = client.advertise(advertise_request)        # AdvertiseKeys
+    shares  = client.share_keys(share_request)           # ShareKeys
+    masked  = client.masked_input(masked_request, x)     # MaskedInput (x: floats)
+    reveal  = client.unmask(unmask_request)              # UnmaskResponse
+
+A method that cannot accept its message raises :class:`ProtocolError` with the
+reason and leaves the client as it was, so a forged or replayed message cannot
+derail a round; forged, replayed and out-of-order requests are also logged (logger
+``gridsim.secagg.client``), and the transport drops them. Every request must carry the
+server's signature, this client's session, the round opened by the last accepted
+:class:`AdvertiseRequest` and the stage the client is waiting for. A new
+:class:`AdvertiseRequest` with a higher round number starts a new round at any
+point (the server abandoned the old one); one with a round number not above the
+last is a replay.
+
+Cryptography, per round (Bonawitz et al. 2017, Bell et al. 2020): two fresh X25519
+key pairs, one whose agreement key derives the pairwise mask seeds
+(:func:`pairwise_seed`), one whose agreement key derives the per-direction
+ChaCha20-Poly1305 keys that encrypt Shamir shares (:func:`share_key`); a fresh
+32-byte self-mask seed. The self-mask seed and the mask-agreement private key are
+each Shamir-shared among the meter's neighbours with the round's threshold.
+
+The client answers one unmasking request per round and refuses any that names a
+meter as both surviving and dropped, names a neighbour that never sent it shares or
+leaves one out, or leaves fewer than ``t`` survivors: for each neighbour it reveals
+the share of the self-mask seed (survivor) or of the key (dropped), never both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Final, cast
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gridsim.exceptions import GridsimError, ProtocolError
+from gridsim.secagg import masking
+from gridsim.secagg.graph import min_degree, neighbor_graph, resolve_degree, threshold_for
+from gridsim.secagg.messages import (
+    SECAGG_WIRE_VERSION,
+    AdvertiseKeys,
+    AdvertiseRequest,
+    EncryptedShare,
+    MaskedInput,
+    MaskedInputRequest,
+    RevealedShare,
+    RoundParams,
+    ServerMessage,
+    ShareKeys,
+    ShareRequest,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+    check_stage,
+    sign,
+    verify_signature,
+)
+
+log = logging.getLogger(__name__)
+
+PAIRWISE_SEED_INFO: Final = b"gridsim/secagg/v1/pairwise-mask-seed\x00"
+SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
+SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
+SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
+NONCE_LEN: Final = 12
+
+
+def _context(session: str, round: int) -> bytes:
+    s = session.encode()
+    return len(s).to_bytes(4, "little") + s + round.to_bytes(8, "little")
+
+
+def _hkdf(shared: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+
+
+def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key") from None
+
+
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The raw 32 bytes of an X25519 private key's public key."""
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def pairwise_seed(
+    private: X25519PrivateKey, peer_public: bytes, session: str, round: int, a: int, b: int
+) -> bytes:
+    """The 32-byte mask seed of meters ``a`` and ``b``: HKDF-SHA256 of their X25519 secret.
+
+    ``info`` binds the domain, session, round and the ordered pair, so both meters
+    (and the server, given a dropped meter's key) derive the same seed.
+    """
+    lo, hi = min(a, b), max(a, b)
+    info = (
+        PAIRWISE_SEED_INFO
+        + _context(session, round)
+        + lo.to_bytes(4, "little")
+        + hi.to_bytes(4, "little")
+    )
+    return _hkdf(_exchange(private, peer_public, b), info)
+
+
+def share_key(
+    private: X25519PrivateKey,
+    peer_public: bytes,
+    session: str,
+    round: int,
+    sender: int,
+    recipient: int,
+) -> bytes:
+    """The ChaCha20-Poly1305 key for shares sent from ``sender`` to ``recipient``."""
+    info = (
+        SHARE_KEY_INFO
+        + _context(session, round)
+        + sender.to_bytes(4, "little")
+        + recipient.to_bytes(4, "little")
+    )
+    return _hkdf(_exchange(private, peer_public, min(sender, recipient)), info)
+
+
+def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
+    """Associated data of a share ciphertext: who sent it to whom, in which round."""
+    return (
+        SHARE_AD
+        + _context(session, round)
+        + sender.to_bytes(4, "little")
+        + recipient.to_bytes(4, "little")
+    )
+
+
+def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
+    """SHA-256 commitment to ``meter``'s self-mask seed of a round (hiding: the seed is random)."""
+    return hashlib.sha256(
+        SEED_COMMITMENT_DOMAIN + _context(session, round) + meter.to_bytes(4, "little") + seed
+    ).digest()
+
+
+def words_dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
+    """The accumulator word of a modulus of ``bits`` bits."""
+    return np.uint32 if bits <= 32 else np.uint64
+
+
+class SecAggClient:
+    """One meter in SecAgg+ rounds of one session (see the module documentation).
+
+    ``signing_key`` is the meter's Ed25519 enrolment key, ``server_key`` the
+    server's public key, ``peer_keys`` the enrolment public keys of the other
+    meters (at least of every possible neighbour), used to check that the server
+    relayed their key advertisements unchanged. ``random_bytes`` is the source of
+    all key material and seeds; leave it at :func:`secrets.token_bytes` except in
+    reproducible tests.
+    """
+
+    def __init__(
+        self,
+        meter: int,
+        signing_key: Ed25519PrivateKey,
+        server_key: Ed25519PublicKey,
+        peer_keys: Mapping[int, Ed25519PublicKey],
+        *,
+        session: str,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.meter = meter
+        self.session = session
+        self._signing_key = signing_key
+        self._server_key = server_key
+        self._peer_keys = peer_keys
+        self._random_bytes = random_bytes
+        self._last_round = -1
+        self._expect: Stage | None = None
+        self._params: RoundParams | None = None
+        self._neighbors: frozenset[int] = frozenset()
+        self._enc_sk: X25519PrivateKey | None = None
+        self._agree_sk: X25519PrivateKey | None = None
+        self._self_seed = b""
+        self._advert: AdvertiseKeys | None = None
+        self._peer_enc: dict[int, bytes] = {}
+        self._pair_seeds: dict[int, bytes] = {}
+        self._held: dict[int, tuple[bytes, bytes]] = {}
+        self.quantized: masking.MaskArray | None = None
+        """This round's quantised input (for ``--verify`` in simulation)."""
+        self.saturated = 0
+        """How many inputs this round's quantisation clipped."""
+
+    # ---- state ----------------------------------------------------------------------
+
+    @property
+    def round(self) -> int | None:
+        """The round in progress (or last finished), None before the first."""
+        return self._last_round if self._last_round >= 0 else None
+
+    @property
+    def expecting(self) -> Stage | None:
+        """The stage whose request the client waits for; None when the round is over."""
+        return self._expect
+
+    @property
+    def neighbors(self) -> frozenset[int]:
+        """This round's neighbours in the SecAgg+ graph."""
+        return self._neighbors
+
+    @property
+    def params(self) -> RoundParams:
+        if self._params is None:
+            raise ProtocolError("no round in progress")
+        return self._params
+
+    def _check(self, msg: ServerMessage, expected: type[ServerMessage], stage: Stage) -> None:
+        try:
+            self._check_envelope(msg, expected, stage)
+        except ProtocolError as exc:
+            log.warning("secagg meter %s: rejected %s: %s", self.meter, type(msg).__name__, exc)
+            raise
+
+    def _check_envelope(
+        self, msg: ServerMessage, expected: type[ServerMessage], stage: Stage
+    ) -> None:
+        if not isinstance(msg, expected):
+            raise ProtocolError(
+                f"out of order: got {type(msg).__name__}, waiting for {expected.__name__}"
+            )
+        if msg.session != self.session:
+            raise ProtocolError(f"message of session {msg.session!r}, not {self.session!r}")
+        check_stage(msg)
+        if stage is not Stage.ADVERTISE:
+            if msg.round != self._last_round:
+                raise ProtocolError(
+                    f"replayed or out-of-round: round {msg.round}, current {self._last_round}"
+                )
+            if self._expect is not stage:
+                now = "no stage" if self._expect is None else self._expect.name
+                raise ProtocolError(f"out of order: {stage.name} request while waiting for {now}")
+        elif msg.round <= self._last_round:
+            raise ProtocolError(
+                f"replayed round: round {msg.round} not after round {self._last_round}"
+            )
+        verify_signature(msg, self._server_key)
+
+    # ---- stage 0: advertise keys ------------------------------------------------------
+
+    def advertise(self, request: AdvertiseRequest) -> AdvertiseKeys:
+        """Start the round ``request`` opens: fresh keys and self-mask seed, signed public keys."""
+        self._check(request, AdvertiseRequest, Stage.ADVERTISE)
+        p = request.params
+        n = len(p.meters)
+        if self.meter not in p.meters:
+            raise ProtocolError(f"meter {self.meter} is not selected in round {request.round}")
+        if len(set(p.meters)) != n or not 1 <= p.neighbors <= n - 1:
+            raise ProtocolError("round parameters: repeated meters or impossible degree")
+        if resolve_degree(n, p.neighbors) != p.neighbors or p.neighbors < min_degree(n):
+            raise ProtocolError(
+                f"degree {p.neighbors} is not an even degree of at least {min_degree(n)} "
+                f"or every pair, for {n} meters"
+            )
+        if not threshold_for(p.neighbors) <= p.threshold <= p.neighbors:
+            raise ProtocolError(
+                f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
+            )
+        graph = neighbor_graph(p.meters, p.neighbors, p.graph_seed)
+        enc_sk = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
+        agree_sk = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
+        self_seed = self._random_bytes(masking.SEED_LEN)
+        self._last_round = request.round
+        self._params = p
+        self._neighbors = graph[self.meter]
+        self._enc_sk, self._agree_sk, self._self_seed = enc_sk, agree_sk, self_seed
+        self._peer_enc, self._pair_seeds, self._held = {}, {}, {}
+        self.quantized, self.saturated = None, 0
+        self._expect = Stage.SHARE
+        reply = AdvertiseKeys(
+            v=SECAGG_WIRE_VERSION,
+            session=self.session,
+            round=self._last_round,
+            stage=Stage.ADVERTISE,
+            sig=b"",
+            meter=self.meter,
+            enc_key=public_bytes(enc_sk),
+            agree_key=public_bytes(agree_sk),
+            seed_commitment=seed_commitment(self.session, request.round, self.meter, self_seed),
+        )
+        self._advert = sign(reply, self._signing_key)
+        return self._advert
+
+    # ---- stage 1: share keys ----------------------------------------------------------
+
+    def share_keys(self, request: ShareRequest) -> ShareKeys:
+        """Shamir-share the self-mask seed and mask key among the neighbours that advertised."""
+        self._check(request, ShareRequest, Stage.SHARE)
+        p = self.params
+        adverts: dict[int, AdvertiseKeys] = {}
+        for adv in request.roster:
+            if adv.meter in adverts:
+                raise ProtocolError(f"roster lists meter {adv.meter} twice")
+            adverts[adv.meter] = adv
+        if adverts.get(self.meter) != self._advert:
+            raise ProtocolError("roster does not carry this meter's advertisement unchanged")
+        live = sorted(v for v in self._neighbors if v in adverts)
+        for v in live:
+            adv = adverts[v]
+            if (adv.session, adv.round, adv.stage) != (
+                self.session,
+                self._last_round,
+                Stage.ADVERTISE,
+            ):
+                raise ProtocolError(f"advertisement of meter {v} is not for this round")
+            enrolment = self._peer_keys.get(v)
+            if enrolment is None:
+                raise ProtocolError(f"meter {v} is not enrolled")
+            verify_signature(adv, enrolment)
+        if len(live) < p.threshold:
+            raise ProtocolError(
+                f"only {len(live)} neighbours advertised keys, threshold is {p.threshold}"
+            )
+        assert self._enc_sk is not None and self._agree_sk is not None
+        xs = [v + 1 for v in live]
+        seed_shares = masking.shamir_split(
+            self._self_seed, p.threshold, len(live), self._random_bytes(32), xs=xs
+        )
+        key_shares = masking.shamir_split(
+            self._agree_sk.private_bytes_raw(),
+            p.threshold,
+            len(live),
+            self._random_bytes(32),
+            xs=xs,
+        )
+        out: list[EncryptedShare] = []
+        peer_enc: dict[int, bytes] = {}
+        pair_seeds: dict[int, bytes] = {}
+        for v, s_share, k_share in zip(live, seed_shares, key_shares, strict=True):
+            adv = adverts[v]
+            peer_enc[v] = adv.enc_key
+            pair_seeds[v] = pairwise_seed(
+                self._agree_sk, adv.agree_key, self.session, self._last_round, self.meter, v
+            )
+            key = share_key(
+                self._enc_sk, adv.enc_key, self.session, self._last_round, self.meter, v
+            )
+            nonce = self._random_bytes(NONCE_LEN)
+            ad = share_ad(self.session, self._last_round, self.meter, v)
+            ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
+            out.append(EncryptedShare(sender=self.meter, recipient=v, ciphertext=ct))
+        self._peer_enc, self._pair_seeds = peer_enc, pair_seeds
+        self._expect = Stage.MASKED_INPUT
+        reply = ShareKeys(
+            v=SECAGG_WIRE_VERSION,
+            session=self.session,
+            round=self._last_round,
+            stage=Stage.SHARE,
+            sig=b"",
+            meter=self.meter,
+            shares=out,
+        )
+        return sign(reply, self._signing_key)
+
+    # ---- stage 2: masked input --------------------------------------------------------
+
+    def masked_input(self, request: MaskedInputRequest, x: npt.ArrayLike) -> MaskedInput:
+        """Quantise ``x`` with the round's clip, scale and bits, then mask and send it.
+
+        The clipped-value count is kept in :attr:`saturated`.
+        """
+        self._check(request, MaskedInputRequest, Stage.MASKED_INPUT)
+        p = self.params
+        try:
+            q = masking.quantize(x, p.clip, p.bits, p.scale)
+        except GridsimError as exc:
+            raise ProtocolError(f"cannot quantise the input: {exc}") from None
+        if q.values.shape != (p.d,):
+            raise ProtocolError(f"input has {q.values.shape[0]} values, the round sums {p.d}")
+        reply = self._masked(request, q.values)
+        self.saturated = q.saturated
+        return reply
+
+    def masked_input_quantized(
+        self, request: MaskedInputRequest, values: masking.MaskArray
+    ) -> MaskedInput:
+        """Mask and send an input already quantised into Z_{2^bits} (``d`` words)."""
+        self._check(request, MaskedInputRequest, Stage.MASKED_INPUT)
+        p = self.params
+        dtype = words_dtype(p.bits)
+        if values.dtype != dtype or values.shape != (p.d,):
+            raise ProtocolError(f"input must be {p.d} values of {np.dtype(dtype).name}")
+        if p.bits < 64 and int(values.max(initial=0)) >> p.bits:
+            raise ProtocolError(f"input values must be below 2**{p.bits}")
+        return self._masked(request, values)
+
+    def _masked(self, request: MaskedInputRequest, values: masking.MaskArray) -> MaskedInput:
+        p = self.params
+        assert self._enc_sk is not None
+        if request.recipient != self.meter:
+            raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
+        held: dict[int, tuple[bytes, bytes]] = {}
+        for es in request.shares:
+            v = es.sender
+            if es.recipient != self.meter or v not in self._peer_enc or v in held:
+                raise ProtocolError(f"unexpected or repeated share from meter {v}")
+            key = share_key(
+                self._enc_sk, self._peer_enc[v], self.session, self._last_round, v, self.meter
+            )
+            nonce, body = es.ciphertext[:NONCE_LEN], es.ciphertext[NONCE_LEN:]
+            try:
+                plain = ChaCha20Poly1305(key).decrypt(
+                    nonce, body, share_ad(self.session, self._last_round, v, self.meter)
+                )
+            except (InvalidTag, ValueError):
+                raise ProtocolError(f"share from meter {v} fails authentication") from None
+            s_share, k_share = plain[: masking.SHARE_LEN], plain[masking.SHARE_LEN :]
+            for sh in (s_share, k_share):
+                if (
+                    len(sh) != masking.SHARE_LEN
+                    or masking.share_x(sh) != self.meter + 1
+                    or masking.share_threshold(sh) != p.threshold
+                ):
+                    raise ProtocolError(f"share from meter {v} is not for this meter and round")
+            held[v] = (s_share, k_share)
+        if len(held) < p.threshold:
+            raise ProtocolError(
+                f"only {len(held)} neighbours shared their secrets, threshold is {p.threshold}"
+            )
+        partners = sorted(held)
+        acc = cast(masking.MaskArray, np.array(values, dtype=words_dtype(p.bits), copy=True))
+        masking.expand_masks(
+            acc,
+            [self._self_seed] + [self._pair_seeds[v] for v in partners],
+            [1] + [1 if self.meter < v else -1 for v in partners],
+            self.session.encode(),
+            self._last_round,
+            streams=[masking.self_stream_id(self.meter)]
+            + [masking.pair_stream_id(self.meter, v) for v in partners],
+            bits=p.bits,
+        )
+        data = masking.pack(acc, p.bits)
+        self._held = held
+        self.quantized = cast(masking.MaskArray, np.array(values, copy=True))
+        self._expect = Stage.UNMASK
+        reply = MaskedInput(
+            v=SECAGG_WIRE_VERSION,
+            session=self.session,
+            round=self._last_round,
+            stage=Stage.MASKED_INPUT,
+            sig=b"",
+            meter=self.meter,
+            data=data,
+            digest=hashlib.sha256(data).digest(),
+        )
+        return sign(reply, self._signing_key)
+
+    # ---- stage 3: unmask --------------------------------------------------------------
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal, per neighbour, the self-mask-seed share (survivor) or key share (dropped)."""
+        self._check(request, UnmaskRequest, Stage.UNMASK)
+        p = self.params
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
+            raise ProtocolError("unmasking request repeats a meter")
+        both = survivors & dropped
+        if both:
+            raise ProtocolError(
+                f"unmasking request names meter {min(both)} as both surviving and dropped"
+            )
+        if self.meter not in survivors:
+            raise ProtocolError("unmasking request does not count this meter as surviving")
+        if len(survivors) < p.threshold:
+            raise ProtocolError(
+                f"only {len(survivors)} survivors, fewer than the threshold {p.threshold}"
+            )
+        seed_shares: list[RevealedShare] = []
+        key_shares: list[RevealedShare] = []
+        for v in sorted(self._neighbors & (survivors | dropped)):
+            if v not in self._held:
+                raise ProtocolError(f"unmasking request names meter {v}, which did not share")
+        for v, (s_share, k_share) in sorted(self._held.items()):
+            if v in survivors:
+                seed_shares.append(RevealedShare(owner=v, share=s_share))
+            elif v in dropped:
+                key_shares.append(RevealedShare(owner=v, share=k_share))
+            else:
+                raise ProtocolError(f"unmasking request leaves out neighbour {v}")
+        self._expect = None
+        self._held = {}
+        self._self_seed = b""
+        reply = UnmaskResponse(
+            v=SECAGG_WIRE_VERSION,
+            session=self.session,
+            round=self._last_round,
+            stage=Stage.UNMASK,
+            sig=b"",
+            meter=self.meter,
+            seed_shares=seed_shares,
+            key_shares=key_shares,
+        )
+        return sign(reply, self._signing_key)

@@ -1,0 +1,256 @@
+"""The messages of one SecAgg+ round, typed, versioned and signed.
+
+A round has four stages (:class:`Stage`); in each the server sends a request and
+every meter still taking part answers:
+
+=================  ==========================  ==============================
+stage              server -> meter             meter -> server
+=================  ==========================  ==============================
+``ADVERTISE``      :class:`AdvertiseRequest`   :class:`AdvertiseKeys`
+``SHARE``          :class:`ShareRequest`       :class:`ShareKeys`
+``MASKED_INPUT``   :class:`MaskedInputRequest` :class:`MaskedInput`
+``UNMASK``         :class:`UnmaskRequest`      :class:`UnmaskResponse`
+=================  ==========================  ==============================
+
+Every message names its session, round and stage and carries an Ed25519 signature
+(``sig``) over :func:`signed_bytes`: a domain tag naming the signer's role, then the
+msgpack encoding of the message with ``sig`` empty. msgspec encodes a struct's
+fields in declaration order, so the encoding is canonical. Meters sign with their
+enrolment key, the server with its own; a signature never verifies as the other
+role's or for another message type, round or session.
+
+Shamir shares travel inside :class:`EncryptedShare` ciphertexts (ChaCha20-Poly1305)
+that only the sending and receiving meter can open; the server relays them.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Final, TypeAlias, TypeVar
+
+import msgspec
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gridsim.exceptions import MessageError, ProtocolError
+
+SECAGG_WIRE_VERSION: Final = 1
+MAX_SECAGG_MESSAGE_BYTES: Final = 64 * 1024 * 1024
+
+METER_SIGNATURE_DOMAIN: Final = b"gridsim/secagg/v1/meter-message\x00"
+SERVER_SIGNATURE_DOMAIN: Final = b"gridsim/secagg/v1/server-message\x00"
+
+MeterId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+RoundNo = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Session = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Key32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+Signature = Annotated[bytes, msgspec.Meta(max_length=64)]
+
+
+class Stage(enum.IntEnum):
+    """The stages of a round, in order."""
+
+    ADVERTISE = 0
+    SHARE = 1
+    MASKED_INPUT = 2
+    UNMASK = 3
+
+
+class RoundParams(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What every party must agree on for a round (sent by the server, signed).
+
+    ``meters`` are the selected meters, ``graph_seed`` the public seed of the
+    neighbour graph of degree ``neighbors`` (already resolved: ``n - 1`` is classic
+    SecAgg), ``threshold`` the Shamir threshold. Inputs are ``d`` values quantised
+    with ``clip`` and ``scale`` into Z_{2^bits}.
+    """
+
+    meters: list[MeterId]
+    graph_seed: Key32
+    neighbors: Annotated[int, msgspec.Meta(ge=1)]
+    threshold: Annotated[int, msgspec.Meta(ge=1)]
+    d: Annotated[int, msgspec.Meta(ge=1, le=2**28)]
+    bits: Annotated[int, msgspec.Meta(ge=1, le=64)]
+    clip: Annotated[float, msgspec.Meta(gt=0.0)]
+    scale: Annotated[float, msgspec.Meta(gt=0.0)]
+
+
+class _Signed(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+    v: int
+    session: Session
+    round: RoundNo
+    stage: Stage
+    sig: Signature
+
+    def __post_init__(self) -> None:
+        if self.v != SECAGG_WIRE_VERSION:
+            raise ValueError(
+                f"unsupported secagg version {self.v} (this side speaks {SECAGG_WIRE_VERSION})"
+            )
+
+
+class _FromMeter(_Signed, frozen=True):
+    meter: MeterId
+
+
+# ---- meters -> server ------------------------------------------------------------
+# (AdvertiseKeys comes first because ShareRequest relays it.)
+
+
+class AdvertiseKeys(_FromMeter, tag="sa.advertise", frozen=True):
+    """A meter's fresh X25519 public keys for this round (share encryption, mask agreement).
+
+    ``seed_commitment`` is SHA-256 of the round's self-mask seed (see
+    :func:`gridsim.secagg.client.seed_commitment`): the server checks the seed it
+    reconstructs against it, so a wrong share cannot silently corrupt the sum.
+    """
+
+    enc_key: Key32
+    agree_key: Key32
+    seed_commitment: Key32
+
+
+# ---- server -> meters ------------------------------------------------------------
+
+
+class AdvertiseRequest(_Signed, tag="sa.advertise_req", frozen=True):
+    """The server opens a round: its parameters."""
+
+    params: RoundParams
+
+
+class ShareRequest(_Signed, tag="sa.share_req", frozen=True):
+    """The meters whose keys arrived, each advertisement as its meter signed it."""
+
+    roster: list[AdvertiseKeys]
+
+
+class EncryptedShare(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Shares of ``sender``'s two secrets for ``recipient``: nonce || ChaCha20-Poly1305."""
+
+    sender: MeterId
+    recipient: MeterId
+    ciphertext: Annotated[bytes, msgspec.Meta(max_length=1024)]
+
+
+class MaskedInputRequest(_Signed, tag="sa.masked_req", frozen=True):
+    """Addressed to one meter: the shares its neighbours sent it (they shared)."""
+
+    recipient: MeterId
+    shares: list[EncryptedShare]
+
+
+class UnmaskRequest(_Signed, tag="sa.unmask_req", frozen=True):
+    """Who sent a masked input (``survivors``) and who shared but did not (``dropped``)."""
+
+    survivors: list[MeterId]
+    dropped: list[MeterId]
+
+
+# ---- meters -> server, continued -------------------------------------------------
+
+
+class ShareKeys(_FromMeter, tag="sa.share", frozen=True):
+    """One encrypted share bundle for each neighbour whose keys were advertised."""
+
+    shares: list[EncryptedShare]
+
+
+class MaskedInput(_FromMeter, tag="sa.masked", frozen=True):
+    """The masked, quantised input packed at ``bits`` bits, with its SHA-256."""
+
+    data: bytes
+    digest: Key32
+
+
+class RevealedShare(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A Shamir share (73 bytes, see :mod:`gridsim.secagg.masking`) of ``owner``'s secret."""
+
+    owner: MeterId
+    share: Annotated[bytes, msgspec.Meta(min_length=73, max_length=73)]
+
+
+class UnmaskResponse(_FromMeter, tag="sa.unmask", frozen=True):
+    """Shares of surviving neighbours' self-mask seeds and dropped neighbours' keys."""
+
+    seed_shares: list[RevealedShare]
+    key_shares: list[RevealedShare]
+
+
+ServerMessage: TypeAlias = AdvertiseRequest | ShareRequest | MaskedInputRequest | UnmaskRequest
+MeterMessage: TypeAlias = AdvertiseKeys | ShareKeys | MaskedInput | UnmaskResponse
+SecAggMessage: TypeAlias = ServerMessage | MeterMessage
+
+STAGE_OF: Final[dict[type[SecAggMessage], Stage]] = {
+    AdvertiseRequest: Stage.ADVERTISE,
+    AdvertiseKeys: Stage.ADVERTISE,
+    ShareRequest: Stage.SHARE,
+    ShareKeys: Stage.SHARE,
+    MaskedInputRequest: Stage.MASKED_INPUT,
+    MaskedInput: Stage.MASKED_INPUT,
+    UnmaskRequest: Stage.UNMASK,
+    UnmaskResponse: Stage.UNMASK,
+}
+"""The stage each message type belongs to."""
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(SecAggMessage)
+
+
+def encode(msg: SecAggMessage) -> bytes:
+    """The wire bytes of a message."""
+    return _encoder.encode(msg)
+
+
+def decode(
+    payload: bytes | bytearray, *, max_bytes: int = MAX_SECAGG_MESSAGE_BYTES
+) -> SecAggMessage:
+    """Parse and validate one message; :class:`MessageError` with the reason if bad."""
+    if len(payload) > max_bytes:
+        raise MessageError(f"message of {len(payload)} bytes exceeds the limit of {max_bytes}")
+    try:
+        msg: SecAggMessage = _decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MessageError(f"malformed secagg message: {exc}") from None
+    return msg
+
+
+def signed_bytes(msg: SecAggMessage) -> bytes:
+    """The bytes ``msg``'s signature covers: role domain || msgpack(msg with empty sig)."""
+    domain = METER_SIGNATURE_DOMAIN if isinstance(msg, _FromMeter) else SERVER_SIGNATURE_DOMAIN
+    return domain + _encoder.encode(msgspec.structs.replace(msg, sig=b""))
+
+
+M = TypeVar(
+    "M",
+    AdvertiseRequest,
+    ShareRequest,
+    MaskedInputRequest,
+    UnmaskRequest,
+    AdvertiseKeys,
+    ShareKeys,
+    MaskedInput,
+    UnmaskResponse,
+)
+
+
+def sign(msg: M, key: Ed25519PrivateKey) -> M:
+    """``msg`` with ``sig`` set to the signer's Ed25519 signature of :func:`signed_bytes`."""
+    return msgspec.structs.replace(msg, sig=key.sign(signed_bytes(msg)))
+
+
+def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
+    """Raise :class:`ProtocolError` unless ``msg.sig`` is ``key``'s signature of it."""
+    try:
+        key.verify(msg.sig, signed_bytes(msg))
+    except InvalidSignature:
+        raise ProtocolError(f"bad signature on {type(msg).__name__}") from None
+
+
+def check_stage(msg: SecAggMessage) -> None:
+    """Raise :class:`ProtocolError` when ``msg.stage`` is not its type's stage."""
+    if msg.stage != STAGE_OF[type(msg)]:
+        raise ProtocolError(
+            f"{type(msg).__name__} claims stage {msg.stage!r}, "
+            f"belongs to {STAGE_OF[type(msg)].name}"
+        )

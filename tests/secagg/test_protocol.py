@@ -1,0 +1,606 @@
+"""SecAgg+ rounds driven directly through the client and server state machines.
+
+Every message crosses the wire codec (encode, decode) on its way, as it would over
+MQTT. Dropouts are meters that stop answering at a stage: ``Stage.SHARE`` means
+after advertising keys, ``Stage.MASKED_INPUT`` after sharing, ``Stage.UNMASK``
+after sending the masked input.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from gridsim.exceptions import InvalidInputError, ProtocolError, RoundError
+from gridsim.secagg import masking
+from gridsim.secagg import messages as msg
+from gridsim.secagg.client import SecAggClient, pairwise_seed, public_bytes
+from gridsim.secagg.graph import min_degree, resolve_degree
+from gridsim.secagg.messages import Stage
+from gridsim.secagg.server import Outbox, RoundState, SecAggConfig, SecAggServer
+
+SESSION = "feeder-7"
+D = 1000
+GRAPH_SEED = bytes(range(32))
+
+
+def _key(rng: random.Random) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(rng.randbytes(32))
+
+
+def _wire(m: msg.SecAggMessage) -> msg.SecAggMessage:
+    return msg.decode(msg.encode(m))
+
+
+@dataclass
+class Federation:
+    """A server and its meters, all in one process."""
+
+    server: SecAggServer
+    clients: dict[int, SecAggClient]
+    meter_keys: dict[int, Ed25519PrivateKey]
+    server_key: Ed25519PrivateKey
+    replies: dict[Stage, dict[int, msg.MeterMessage]] = field(default_factory=dict)
+    requests: dict[Stage, dict[int, msg.ServerMessage]] = field(default_factory=dict)
+
+
+def federation(
+    n: int,
+    config: SecAggConfig,
+    *,
+    seed: int = 0,
+    random_bytes: Callable[[int], Callable[[int], bytes]] | None = None,
+) -> Federation:
+    rng = random.Random(seed)
+    meters = sorted(rng.sample(range(1, 100_000), n))
+    server_key = _key(rng)
+    meter_keys = {m: _key(rng) for m in meters}
+    public = {m: k.public_key() for m, k in meter_keys.items()}
+    server = SecAggServer(server_key, SESSION, config)
+    for m in meters:
+        server.enroll(m, public[m])
+    clients = {
+        m: SecAggClient(
+            m,
+            meter_keys[m],
+            server_key.public_key(),
+            public,
+            session=SESSION,
+            **({} if random_bytes is None else {"random_bytes": random_bytes(m)}),
+        )
+        for m in meters
+    }
+    return Federation(server, clients, meter_keys, server_key)
+
+
+def inputs_for(fed: Federation, seed: int = 1) -> dict[int, npt.NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    return {m: rng.uniform(-1.2, 1.2, D).astype(np.float32) for m in fed.clients}
+
+
+def run_round(
+    fed: Federation,
+    round: int,
+    inputs: Mapping[int, npt.NDArray[np.float32]],
+    drop: Mapping[Stage, set[int]] | None = None,
+    *,
+    verify: bool = True,
+    until: Stage | None = None,
+    refusals: list[str] | None = None,
+) -> Outbox:
+    """Run one round; meters in ``drop[stage]`` stop answering from that stage on.
+
+    With ``until``, stop once that stage's requests are out (they are in
+    ``fed.requests``) and return the outbox that carried them. With ``refusals``, a
+    meter that refuses a request (ProtocolError) goes silent, as over a real
+    transport, and the reason is appended; without it the error propagates.
+    """
+    drop = drop or {}
+    server, now = fed.server, 0.0
+    out = server.start_round(round, sorted(fed.clients), now, graph_seed=GRAPH_SEED)
+    gone: set[int] = set()
+    for stage in Stage:
+        gone |= drop.get(stage, set())
+        requests: dict[int, msg.ServerMessage] = dict(out.direct)
+        if out.broadcast is not None:
+            requests = {m: out.broadcast for m in server.waiting_for}
+        fed.requests[stage] = requests
+        if until is stage:
+            return out
+        replies: dict[int, msg.MeterMessage] = {}
+        for m, request in sorted(requests.items()):
+            if m in gone:
+                continue
+            client, req = fed.clients[m], _wire(request)
+            reply: msg.MeterMessage
+            try:
+                if isinstance(req, msg.AdvertiseRequest):
+                    reply = client.advertise(req)
+                elif isinstance(req, msg.ShareRequest):
+                    reply = client.share_keys(req)
+                elif isinstance(req, msg.MaskedInputRequest):
+                    reply = client.masked_input(req, inputs[m])
+                else:
+                    assert isinstance(req, msg.UnmaskRequest)
+                    reply = client.unmask(req)
+            except ProtocolError as exc:
+                if refusals is None:
+                    raise
+                refusals.append(str(exc))
+                gone.add(m)
+                continue
+            replies[m] = reply
+            server.receive(_wire(reply), now)
+        fed.replies[stage] = replies
+        if not server.stage_complete:
+            with pytest.raises(RoundError, match="open until"):
+                server.close_stage(now)
+            now = server.deadline or now
+        plaintext = {m: c.quantized for m, c in fed.clients.items() if c.quantized is not None}
+        out = server.close_stage(now, plaintext=plaintext if verify else None)
+        if out.abandoned is not None or out.result is not None:
+            return out
+    raise AssertionError("the round neither finished nor was abandoned")
+
+
+def _config(n: int, **kw: object) -> SecAggConfig:
+    scale = masking.max_scale(1.0, 32, n) / 2
+    return SecAggConfig(d=D, bits=32, clip=1.0, scale=scale, **kw)  # type: ignore[arg-type]
+
+
+# ---- exactness under dropouts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [10, 50])
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3])
+@pytest.mark.parametrize("stage", [Stage.SHARE, Stage.MASKED_INPUT, Stage.UNMASK])
+def test_sum_is_exact_with_dropouts(n: int, fraction: float, stage: Stage) -> None:
+    fed = federation(n, _config(n), seed=n)
+    inputs = inputs_for(fed)
+    dropped = set(random.Random(7).sample(sorted(fed.clients), round(fraction * n)))
+    out = run_round(fed, 1, inputs, {stage: dropped})
+
+    assert out.abandoned is None and out.result is not None
+    res = out.result
+    counted = set(fed.clients) - dropped if stage is not Stage.UNMASK else set(fed.clients)
+    assert set(res.survivors) == counted
+    if stage is Stage.SHARE:
+        assert set(res.absent) == dropped and res.dropped == ()
+    if stage is Stage.MASKED_INPUT:
+        assert set(res.dropped) == dropped and res.absent == ()
+    assert res.verified is True
+    # The decoded sum is the float sum of what the survivors put in, to quantisation error.
+    p = fed.server.params
+    assert p is not None
+    clipped = {m: np.clip(inputs[m].astype(np.float64), -1.0, 1.0) for m in counted}
+    want = np.sum([clipped[m] for m in counted], axis=0)
+    assert res.out_of_range == 0
+    assert np.max(np.abs(res.values - want)) < len(counted) / p.scale
+    # A sparse graph (k < n - 1) when n is large, classic SecAgg when small.
+    assert p.neighbors == (9 if n == 10 else 32)
+    assert res.digests.keys() == set(res.survivors)
+
+
+def test_exact_on_a_sparse_graph_with_a_narrow_modulus() -> None:
+    # k = 12 of 49 possible neighbours; 20-bit words; 10% drop after sharing.
+    n = 50
+    config = SecAggConfig(d=D, bits=20, clip=1.0, scale=masking.max_scale(1.0, 20, n), neighbors=12)
+    fed = federation(n, config, seed=3)
+    dropped = set(random.Random(8).sample(sorted(fed.clients), 5))
+    out = run_round(fed, 4, inputs_for(fed, 2), {Stage.MASKED_INPUT: dropped})
+    assert out.result is not None and out.result.verified is True
+    assert all(len(c.neighbors) == 12 for c in fed.clients.values())
+    assert int(out.result.total.max()) < 2**20
+
+
+# ---- too many dropouts --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stage", "reason"),
+    [
+        (Stage.SHARE, r"only 4 meters shared their secrets; at least 5 needed"),
+        (Stage.MASKED_INPUT, r"only 4 meters sent a masked input; at least 5 needed"),
+        (Stage.UNMASK, r"cannot recover the self-mask seed of meter \d+: \d of 5 shares arrived"),
+    ],
+)
+def test_too_many_dropouts_abandon_the_round_and_the_next_round_works(
+    stage: Stage, reason: str
+) -> None:
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    dropped = set(sorted(fed.clients)[:6])
+    out = run_round(fed, 1, inputs, {stage: dropped})
+    assert out.result is None and out.abandoned is not None
+    assert out.abandoned == fed.server.abandon_reason
+    assert fed.server.state is RoundState.ABANDONED and fed.server.result is None
+    assert re.fullmatch(reason, out.abandoned)
+    with pytest.raises(RoundError, match="no stage is open"):
+        fed.server.close_stage(1e9)
+
+    nxt = run_round(fed, 2, inputs_for(fed, 5))
+    assert nxt.result is not None and nxt.result.verified is True
+    assert len(nxt.result.survivors) == 10
+
+
+def test_verify_flags_a_sum_that_differs_from_the_plaintext() -> None:
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.UNMASK)
+    assert isinstance(out.broadcast, msg.UnmaskRequest)
+    for c in fed.clients.values():
+        fed.server.receive(_wire(c.unmask(out.broadcast)), 0.0)
+    plaintext = {m: c.quantized for m, c in fed.clients.items() if c.quantized is not None}
+    first = sorted(plaintext)[0]
+    off_by_one = plaintext[first].copy()
+    off_by_one[17] += 1
+    plaintext[first] = off_by_one
+    final = fed.server.close_stage(0.0, plaintext=plaintext)
+    assert final.result is not None and final.result.verified is False
+
+
+def _shift_secret(share: bytes, holders: list[int]) -> bytes:
+    """``share`` changed so that, with the other holders' shares, it moves the secret by one.
+
+    Lagrange at zero: the secret is sum(lambda_i * y_i), so adding lambda_i^-1 to
+    y_i adds one to the first 8-byte chunk of the secret, which stays well formed.
+    """
+    p = masking.SHAMIR_PRIME
+    xi = masking.share_x(share)
+    lam = 1
+    for m in holders:
+        xj = m + 1
+        if xj != xi:
+            lam = lam * xj * pow(xj - xi, -1, p) % p
+    y0 = int.from_bytes(share[9:25], "little")
+    y0 = (y0 + pow(lam, -1, p)) % p
+    return share[:9] + y0.to_bytes(16, "little") + share[25:]
+
+
+@pytest.mark.parametrize("crafted", [False, True])
+def test_a_wrong_revealed_share_abandons_the_round_instead_of_corrupting_the_sum(
+    crafted: bool,
+) -> None:
+    # Four meters go silent at unmasking, so each responder's self-mask seed has
+    # exactly t = 5 shares and a wrong one cannot be outvoted. A flipped bit makes
+    # the shares interpolate to no valid secret; a share crafted to shift the secret
+    # by one interpolates fine and is caught by the meter's seed commitment.
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.UNMASK)
+    assert isinstance(out.broadcast, msg.UnmaskRequest)
+    responders = sorted(fed.clients)[4:]
+    cheat, victim = responders[0], responders[1]
+    for m in responders:
+        reply = fed.clients[m].unmask(out.broadcast)
+        if m == cheat:
+            shares = []
+            for r in reply.seed_shares:
+                if r.owner == victim:
+                    holders = [h for h in responders if h != victim]
+                    bad = (
+                        _shift_secret(r.share, holders)
+                        if crafted
+                        else r.share[:-1] + bytes([r.share[-1] ^ 1])
+                    )
+                    r = msg.RevealedShare(owner=victim, share=bad)
+                shares.append(r)
+            reply = msg.sign(
+                msgspec.structs.replace(reply, seed_shares=shares), fed.meter_keys[cheat]
+            )
+        fed.server.receive(_wire(reply), 0.0)
+    assert fed.server.deadline is not None
+    final = fed.server.close_stage(fed.server.deadline)
+    assert final.result is None and final.abandoned is not None
+    if crafted:
+        assert final.abandoned == (
+            f"the recovered self-mask seed of meter {victim} does not match its commitment"
+        )
+    else:
+        assert final.abandoned.startswith(f"the shares of meter {victim}'s self-mask seed disagree")
+
+
+def test_server_refuses_a_message_after_the_stage_deadline() -> None:
+    fed = federation(10, _config(10, stage_timeout_s=5.0))
+    out = fed.server.start_round(1, sorted(fed.clients), 100.0, graph_seed=GRAPH_SEED)
+    assert isinstance(out.broadcast, msg.AdvertiseRequest)
+    m = sorted(fed.clients)[0]
+    reply = fed.clients[m].advertise(out.broadcast)
+    with pytest.raises(ProtocolError, match=r"late: arrived at 105\.5, the stage closed at 105\.0"):
+        fed.server.receive(_wire(reply), 105.5)
+    assert m in fed.server.waiting_for
+
+
+# ---- a malicious server -------------------------------------------------------------
+
+
+def _signed_unmask(fed: Federation, survivors: list[int], dropped: list[int]) -> msg.UnmaskRequest:
+    request = fed.requests[Stage.UNMASK]
+    first = next(iter(request.values()))
+    assert isinstance(first, msg.UnmaskRequest)
+    forged = msgspec.structs.replace(first, survivors=survivors, dropped=dropped)
+    return msg.sign(forged, fed.server_key)
+
+
+def test_client_refuses_a_meter_named_both_surviving_and_dropped() -> None:
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.UNMASK)
+    assert isinstance(out.broadcast, msg.UnmaskRequest)
+    meters = sorted(fed.clients)
+    u, victim = meters[0], meters[1]
+    # Every meter sent its masked input; the server claims `victim` also dropped, to
+    # collect both the share of its self-mask seed and of its mask key.
+    bad = _signed_unmask(fed, meters, [victim])
+    with pytest.raises(ProtocolError, match=f"meter {victim} as both surviving and dropped"):
+        fed.clients[u].unmask(bad)
+    # The refusal changed nothing: the honest request is still answered.
+    reply = fed.clients[u].unmask(out.broadcast)
+    assert {r.owner for r in reply.seed_shares} == set(meters) - {u}
+    assert reply.key_shares == []
+
+
+def test_client_answers_one_unmasking_request_per_round() -> None:
+    # Two requests with disjoint lists would give the server both kinds of share.
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.UNMASK)
+    assert isinstance(out.broadcast, msg.UnmaskRequest)
+    meters = sorted(fed.clients)
+    u, victim = meters[0], meters[1]
+    first = fed.clients[u].unmask(out.broadcast)
+    assert victim in {r.owner for r in first.seed_shares}
+    second = _signed_unmask(fed, [m for m in meters if m != victim], [victim])
+    with pytest.raises(ProtocolError, match="out of order"):
+        fed.clients[u].unmask(second)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"threshold": 16}, "threshold 16 is not a majority of 32 neighbours"),
+        ({"neighbors": 4}, "degree 4 is not an even degree of at least 12"),
+        ({"neighbors": 31}, "degree 31 is not an even degree"),
+    ],
+)
+def test_client_refuses_round_parameters_that_weaken_its_privacy(
+    change: dict[str, int], reason: str
+) -> None:
+    # Below a majority two disjoint sets of neighbours could each hold t shares;
+    # too few neighbours could leave a meter among meters the server controls.
+    fed = federation(50, _config(50))
+    out = fed.server.start_round(1, sorted(fed.clients), 0.0, graph_seed=GRAPH_SEED)
+    assert isinstance(out.broadcast, msg.AdvertiseRequest)
+    assert out.broadcast.params.neighbors == 32
+    params = msgspec.structs.replace(out.broadcast.params, **change)
+    bad = msg.sign(msgspec.structs.replace(out.broadcast, params=params), fed.server_key)
+    client = next(iter(fed.clients.values()))
+    with pytest.raises(ProtocolError, match=reason):
+        client.advertise(bad)
+    assert client.advertise(out.broadcast).round == 1
+
+
+def test_client_refuses_a_roster_with_a_substituted_key() -> None:
+    # The server swaps a neighbour's mask key for its own: the meter's signature fails.
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.SHARE)
+    assert isinstance(out.broadcast, msg.ShareRequest)
+    roster = list(out.broadcast.roster)
+    roster[1] = msg.sign(msgspec.structs.replace(roster[1], agree_key=b"\x09" * 32), fed.server_key)
+    bad = msg.sign(msgspec.structs.replace(out.broadcast, roster=roster), fed.server_key)
+    with pytest.raises(ProtocolError, match="bad signature on AdvertiseKeys"):
+        fed.clients[roster[0].meter].share_keys(bad)
+
+
+# ---- forged, replayed and out-of-order messages -------------------------------------
+
+
+def test_server_rejects_and_logs_a_forged_meter_message(caplog: pytest.LogCaptureFixture) -> None:
+    fed = federation(10, _config(10))
+    m, other = sorted(fed.clients)[:2]
+    out_req = fed.server.start_round(1, sorted(fed.clients), 0.0, graph_seed=GRAPH_SEED)
+    assert isinstance(out_req.broadcast, msg.AdvertiseRequest)
+    genuine = fed.clients[m].advertise(out_req.broadcast)
+    forged = msg.sign(genuine, fed.meter_keys[other])  # signed by the wrong meter
+    with pytest.raises(ProtocolError, match="bad signature"):
+        fed.server.receive(_wire(forged), 0.0)
+    assert fed.server.rejected[-1].meter == m
+    assert "bad signature" in caplog.text
+    fed.server.receive(_wire(genuine), 0.0)  # the genuine one still counts
+    assert m not in fed.server.waiting_for
+    # A meter that never enrolled cannot take part, whatever it signs.
+    stranger = msgspec.structs.replace(genuine, meter=424242)
+    with pytest.raises(ProtocolError, match="meter 424242 is not enrolled"):
+        fed.server.receive(_wire(msg.sign(stranger, fed.meter_keys[other])), 0.0)
+
+
+def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    run_round(fed, 1, inputs)
+    old = fed.replies[Stage.MASKED_INPUT]
+    out = run_round(fed, 2, inputs, until=Stage.SHARE)
+    m = sorted(fed.clients)[0]
+    with pytest.raises(ProtocolError, match="replayed or out-of-round: round 1, open 2"):
+        fed.server.receive(_wire(old[m]), 0.0)
+    # A second advertisement during the share stage is out of order.
+    again = fed.replies[Stage.ADVERTISE][m]
+    with pytest.raises(ProtocolError, match="out of order: ADVERTISE message during SHARE"):
+        fed.server.receive(_wire(again), 0.0)
+    # A message whose stage field lies about its type.
+    assert isinstance(out.broadcast, msg.ShareRequest)
+    share = fed.clients[m].share_keys(out.broadcast)
+    lying = msg.sign(msgspec.structs.replace(share, stage=Stage.ADVERTISE), fed.meter_keys[m])
+    with pytest.raises(ProtocolError, match="claims stage"):
+        fed.server.receive(_wire(lying), 0.0)
+    fed.server.receive(_wire(share), 0.0)
+    with pytest.raises(ProtocolError, match="duplicate ShareKeys"):
+        fed.server.receive(_wire(share), 0.0)
+    assert [r.round for r in fed.server.rejected] == [2, 2, 2, 2]
+
+
+def test_client_rejects_forged_replayed_and_out_of_order_requests(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    run_round(fed, 1, inputs)
+    m = sorted(fed.clients)[0]
+    client = fed.clients[m]
+    old_adv = fed.requests[Stage.ADVERTISE][m]
+    assert isinstance(old_adv, msg.AdvertiseRequest)
+    out = run_round(fed, 2, inputs, until=Stage.SHARE)
+    assert isinstance(out.broadcast, msg.ShareRequest)
+    with pytest.raises(ProtocolError, match="replayed round: round 1 not after round 2"):
+        client.advertise(old_adv)
+    # Round 1's share request, replayed in round 2.
+    old_share = msgspec.structs.replace(out.broadcast, round=1)
+    with pytest.raises(ProtocolError, match="replayed or out-of-round"):
+        client.share_keys(msg.sign(old_share, fed.server_key))
+    # Signed by someone other than the server.
+    with pytest.raises(ProtocolError, match="bad signature on ShareRequest"):
+        client.share_keys(msg.sign(out.broadcast, fed.meter_keys[m]))
+    # The unmasking request before the masked input.
+    early = msg.UnmaskRequest(
+        v=1, session=SESSION, round=2, stage=Stage.UNMASK, sig=b"", survivors=[], dropped=[]
+    )
+    with pytest.raises(ProtocolError, match="out of order: UNMASK request while waiting for SHARE"):
+        client.unmask(msg.sign(early, fed.server_key))
+    assert caplog.text.count(f"secagg meter {m}: rejected") == 4
+    # After all that, the genuine request is still accepted.
+    assert client.share_keys(out.broadcast).meter == m
+
+
+# ---- privacy of one meter's masked vector -------------------------------------------
+
+
+def _seeded(seed: int) -> Callable[[int], Callable[[int], bytes]]:
+    def source(meter: int) -> Callable[[int], bytes]:
+        rng = random.Random(seed * 1_000_003 + meter)
+        return rng.randbytes
+
+    return source
+
+
+@pytest.mark.parametrize("bits", [32, 20])
+def test_servers_view_of_a_masked_vector_is_uniform(bits: int) -> None:
+    # The meter sends all zeros, the most structured input there is. The server sees
+    # its packed masked vector; chi-square of the top 8 bits (256 bins) and of the
+    # packed bytes must not tell it from uniform over Z_{2^bits}. Key material comes
+    # from a seeded source so the test is deterministic; false-alarm rate 1e-6 each.
+    n, d = 10, 1 << 16
+    config = SecAggConfig(d=d, bits=bits, clip=1.0, scale=masking.max_scale(1.0, bits, n))
+    fed = federation(n, config, random_bytes=_seeded(bits))
+    inputs = {m: np.zeros(d, dtype=np.float32) for m in fed.clients}
+    run_round(fed, 1, inputs, until=Stage.UNMASK)
+    m = sorted(fed.clients)[0]
+    seen = fed.replies[Stage.MASKED_INPUT][m]
+    assert isinstance(seen, msg.MaskedInput)
+    values = masking.unpack(seen.data, bits, d).astype(np.int64)
+    top = np.bincount(values >> (bits - 8), minlength=256)
+    assert stats.chisquare(top).pvalue > 1e-6
+    byte_hist = np.bincount(np.frombuffer(seen.data, dtype=np.uint8), minlength=256)
+    assert stats.chisquare(byte_hist).pvalue > 1e-6
+    # The same test does see structure where there is some: the unmasked input.
+    real = np.random.default_rng(0).normal(0.0, 0.3, d).astype(np.float32)
+    q = masking.quantize(real, 1.0, bits, masking.max_scale(1.0, bits, n), seed=bytes(32))
+    plain_top = np.bincount(q.values.astype(np.int64) >> (bits - 8), minlength=256)
+    assert stats.chisquare(plain_top).pvalue < 1e-6
+
+
+# ---- "all" neighbours is classic SecAgg ---------------------------------------------
+
+
+def test_all_neighbours_masks_exactly_as_classic_secagg() -> None:
+    # With "all", a meter's masked input is Bonawitz et al.'s: its input plus its
+    # self mask plus one pairwise mask with every other meter that shared.
+    n = 8
+    source = _seeded(99)
+    fed = federation(n, _config(n, neighbors="all"), random_bytes=source)
+    inputs = inputs_for(fed)
+    run_round(fed, 3, inputs, until=Stage.UNMASK)
+    meters = sorted(fed.clients)
+    secrets_of = {}
+    for m in meters:
+        draw = source(m)
+        enc, agree, self_seed = draw(32), draw(32), draw(32)
+        del enc
+        secrets_of[m] = (X25519PrivateKey.from_private_bytes(agree), self_seed)
+    p = fed.server.params
+    assert p is not None and p.neighbors == n - 1 and p.threshold == n // 2
+    for u in meters:
+        assert fed.clients[u].neighbors == set(meters) - {u}
+        agree_u, self_seed = secrets_of[u]
+        q = fed.clients[u].quantized
+        assert q is not None
+        want = q.astype(np.uint64) + masking.mask(
+            self_seed, SESSION.encode(), 3, D, stream=masking.self_stream_id(u), bits=32
+        ).astype(np.uint64)
+        for v in meters:
+            if v == u:
+                continue
+            seed = pairwise_seed(agree_u, public_bytes(secrets_of[v][0]), SESSION, 3, u, v)
+            pm = masking.mask(
+                seed, SESSION.encode(), 3, D, stream=masking.pair_stream_id(u, v), bits=32
+            ).astype(np.uint64)
+            want = want + pm if u < v else want - pm
+        sent = fed.replies[Stage.MASKED_INPUT][u]
+        assert isinstance(sent, msg.MaskedInput)
+        got = masking.unpack(sent.data, 32, D)
+        assert np.array_equal(got, (want % 2**32).astype(np.uint32))
+
+
+# ---- any dropout pattern: the exact sum or a stated reason, never a wrong sum -------
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(3, 16),
+    k=st.one_of(st.just("all"), st.integers(1, 15)),
+    drops=st.lists(st.tuples(st.sampled_from(list(Stage)), st.integers(0, 15)), max_size=10),
+    seed=st.integers(0, 2**16),
+)
+def test_any_dropout_pattern_gives_the_exact_sum_or_a_stated_reason(
+    n: int, k: int | str, drops: list[tuple[Stage, int]], seed: int
+) -> None:
+    d = 16
+    config = SecAggConfig(
+        d=d,
+        bits=24,
+        clip=1.0,
+        scale=masking.max_scale(1.0, 24, n),
+        neighbors=k,  # type: ignore[arg-type]
+    )
+    fed = federation(n, config, seed=seed)
+    meters = sorted(fed.clients)
+    if k != "all" and resolve_degree(n, k) < min_degree(n):
+        with pytest.raises(InvalidInputError, match="below the minimum"):
+            fed.server.start_round(1, meters, 0.0)
+        return
+    drop: dict[Stage, set[int]] = {}
+    for stage, i in drops:
+        drop.setdefault(stage, set()).add(meters[i % n])
+    rng = np.random.default_rng(seed)
+    inputs = {m: rng.uniform(-1, 1, d).astype(np.float32) for m in meters}
+    refusals: list[str] = []
+    out = run_round(fed, 1, inputs, drop, refusals=refusals)
+    # An honest meter refuses to go on only when too few neighbours are left.
+    for reason in refusals:
+        assert re.match(r"only \d+ (neighbours advertised keys|neighbours shared)", reason)
+    if out.result is None:
+        assert out.abandoned and re.match(r"only \d+ meters|cannot recover", out.abandoned)
+        event("abandoned")
+        return
+    event("exact sum")
+    assert out.result.verified is True
+    silent = set().union(*drop.values()) if drop else set()
+    if not refusals:
+        assert set(out.result.survivors) >= set(meters) - silent
