@@ -323,8 +323,10 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
         (["--broker", "mqtt://127.0.0.1:1"], "cannot reach the broker"),
     ],
 )
-def test_bad_options_fail_with_a_one_line_reason(args: list[str], message: str) -> None:
-    proc = _gridsim("run", "--no-centralized", *args)
+def test_bad_options_fail_with_a_one_line_reason(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    proc = _gridsim("run", "--no-centralized", "--out", str(tmp_path / "out"), *args)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     last = err.strip().splitlines()[-1]
@@ -364,10 +366,19 @@ def test_a_killed_aggregator_is_replaced_and_the_meters_carry_on(
     common = ["--broker", mosquitto.url, "--session", "killed", "--days", "10", "--test-days", "2"]
     meters = _gridsim("meters", "--ids", "0-19", *common)
     try:
-        first = _gridsim("aggregator", "--meters", "20", "--rounds", "200", *common)
+        first = _gridsim(
+            "aggregator", "--meters", "20", "--rounds", "200", "--out", str(tmp_path), *common
+        )
         _wait_for_result(mosquitto, "killed")
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=30)
+        # Killed at any moment, the ledger verifies up to its last signed head...
+        killed = _gridsim("audit", str(tmp_path / "ledger"))
+        out, err = killed.communicate(timeout=60)
+        assert killed.returncode == 0, out + err
+        blocks_before = int(out.split(": ")[1].split()[0])
+        assert blocks_before >= 1
+        # ...and a new aggregator on the same folder continues the same log.
         second = _gridsim(
             "aggregator", "--meters", "20", "--rounds", "2", "--out", str(tmp_path), *common
         )
@@ -376,6 +387,10 @@ def test_a_killed_aggregator_is_replaced_and_the_meters_carry_on(
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["rounds_completed"] == 2 and summary["registered"] == 20
         assert summary["participants_per_round"] == [20, 20]
+        assert summary["ledger"]["heads"] == blocks_before + 2
+        final = _gridsim("audit", str(tmp_path / "ledger"))
+        out, err = final.communicate(timeout=60)
+        assert final.returncode == 0, out + err
         # The aggregator's Stop ends the meters' process too.
         meters_out, meters_err = meters.communicate(timeout=60)
         assert meters.returncode == 0, meters_err[-2000:]
