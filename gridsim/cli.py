@@ -47,8 +47,8 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument("--rounds", type=int, default=d.rounds, help="federated training rounds")
     p.add_argument("--fraction", type=float, default=d.fraction, help="meters selected per round")
-    p.add_argument("--local-epochs", type=int, default=d.local_epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--local-epochs", type=int, default=d.local_epochs, help="epochs per round")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="local minibatch size")
     p.add_argument("--lr", type=float, default=d.lr, help="local Adam learning rate")
     p.add_argument(
         "--round-timeout",
@@ -56,7 +56,12 @@ def _add_training(p: argparse.ArgumentParser) -> None:
         default=d.round_timeout_s,
         help="seconds a round waits for late meters before counting them as dropouts",
     )
-    p.add_argument("--registration-timeout", type=float, default=d.registration_timeout_s)
+    p.add_argument(
+        "--registration-timeout",
+        type=float,
+        default=d.registration_timeout_s,
+        help="seconds to wait for all meters to say hello before the first round",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run broker, meters and aggregator on this machine")
-    run.add_argument("--meters", type=int, default=RunConfig().meters)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    run = sub.add_parser(
+        "run", help="run broker, meters and aggregator on this machine", formatter_class=fmt
+    )
+    run.add_argument("--meters", type=int, default=RunConfig().meters, help="meter agents")
     run.add_argument("--broker", help="mqtt[s]://[user:pass@]host:port (default: a private one)")
     run.add_argument(
         "--broker-kind",
@@ -90,13 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     _add_training(run)
 
-    meters = sub.add_parser("meters", help="run meter agents against an existing broker")
+    meters = sub.add_parser(
+        "meters", help="run meter agents against an existing broker", formatter_class=fmt
+    )
     meters.add_argument("--broker", required=True)
     meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
     meters.add_argument("--dropout", type=float, default=0.0)
     _add_common(meters)
 
-    agg = sub.add_parser("aggregator", help="run the aggregator against an existing broker")
+    agg = sub.add_parser(
+        "aggregator", help="run the aggregator against an existing broker", formatter_class=fmt
+    )
     agg.add_argument("--broker", required=True)
     agg.add_argument("--meters", type=int, required=True, help="meters to wait for")
     agg.add_argument("--min-meters", type=int, help="start with this many if not all came")

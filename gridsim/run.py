@@ -79,7 +79,13 @@ def split_meters(meters: int, workers: int) -> list[list[int]]:
 
 
 def default_out_dir() -> Path:
-    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    """``runs/<timestamp>``, with a suffix when a run already took that second."""
+    base = Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}-{n}")
+        n += 1
+    return candidate
 
 
 def _peak_rss_mb() -> float:
