@@ -64,6 +64,26 @@ def _add_training(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_secagg(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument(
+        "--no-secagg",
+        action="store_true",
+        help="send model updates in the clear instead of through SecAgg+",
+    )
+    p.add_argument(
+        "--secagg-neighbors",
+        help="degree k of the SecAgg+ neighbour graph, or 'all' for classic SecAgg "
+        "(default: the smallest safe k for the population and dropout)",
+    )
+    p.add_argument(
+        "--secagg-clip",
+        type=float,
+        default=d.secagg_clip,
+        help="per-coordinate clipping range of updates before quantisation",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridsim", description="Privacy-preserving smart-grid edge simulator."
@@ -95,8 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the centralised baseline (trained on pooled data)",
     )
     run.add_argument("--out", help="output folder (default runs/<timestamp>/)")
+    run.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every unmasked sum against the plain sum (simulation only)",
+    )
     _add_common(run)
     _add_training(run)
+    _add_secagg(run)
 
     meters = sub.add_parser(
         "meters", help="run meter agents against an existing broker", formatter_class=fmt
@@ -117,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(agg)
     _add_training(agg)
+    _add_secagg(agg)
 
     audit = sub.add_parser("audit", help="verify a run's ledger (exit 0 intact, 1 tampered)")
     from gridsim.ledger.audit import configure_parser
@@ -159,6 +186,10 @@ def _run_config(args: argparse.Namespace, **extra: object) -> RunConfig:
         round_timeout_s=getattr(args, "round_timeout", 60.0),
         registration_timeout_s=getattr(args, "registration_timeout", 120.0),
         centralized_baseline=not getattr(args, "no_centralized", False),
+        secagg=not getattr(args, "no_secagg", False),
+        secagg_neighbors=getattr(args, "secagg_neighbors", None),
+        secagg_clip=getattr(args, "secagg_clip", 0.5),
+        verify=getattr(args, "verify", False),
         out=getattr(args, "out", None),
     ).validate()
 
@@ -196,12 +227,15 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
     from gridsim.aggregator.service import Aggregator, AggregatorConfig
     from gridsim.learning.batched import TrainConfig
     from gridsim.learning.model import initial_parameters
+    from gridsim.ledger.writer import LedgerWriter
     from gridsim.progress import Progress
+    from gridsim.run import aggregator_key, default_out_dir, secagg_config
     from gridsim.transport.broker import parse_broker_url
 
     if not args.session:
         raise ConfigError("--session is required so meters and aggregator find each other")
     cfg = _run_config(args)
+    initial = initial_parameters(cfg.seed)
     agg_cfg = AggregatorConfig(
         session=args.session,
         rounds=cfg.rounds,
@@ -212,19 +246,20 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         registration_timeout_s=cfg.registration_timeout_s,
         plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
         seed=cfg.seed,
+        secagg=secagg_config(cfg, int(initial.shape[0])),
     )
-    from gridsim.run import default_out_dir, open_ledger
-
     out = Path(args.out) if args.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
-    ledger = open_ledger(out, args.session)
+    key = aggregator_key(out)
+    ledger = LedgerWriter(out / "ledger", key, origin=f"gridsim.local/{args.session}")
     progress = Progress(cfg.rounds, args.meters)
     agg = Aggregator(
         parse_broker_url(args.broker),
         agg_cfg,
-        initial_parameters(cfg.seed),
+        initial,
         on_result=progress.round_done,
         ledger=ledger,
+        signing_key=key,
     )
     with ledger:
         report = asyncio.run(agg.run())

@@ -29,6 +29,10 @@ class RunConfig:
     round_timeout_s: float = 60.0
     registration_timeout_s: float = 120.0
     centralized_baseline: bool = True
+    secagg: bool = True
+    secagg_neighbors: str | None = None  # an even degree k, "all", or None for the default
+    secagg_clip: float = 0.5
+    verify: bool = False
     out: str | None = None
 
     def validate(self) -> RunConfig:
@@ -45,6 +49,15 @@ class RunConfig:
             (self.batch_size >= 1, "--batch-size must be at least 1"),
             (0.0 < self.lr <= 10.0, "--lr must be in (0, 10]"),
             (self.round_timeout_s > 0, "--round-timeout must be positive"),
+            (
+                self.secagg_neighbors in (None, "all") or str(self.secagg_neighbors).isdigit(),
+                "--secagg-neighbors must be a number or 'all'",
+            ),
+            (self.secagg_clip > 0, "--secagg-clip must be positive"),
+            (
+                not self.verify or self.secagg,
+                "--verify checks secure aggregation: drop --no-secagg",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gridsim.aggregator.service import Aggregator, AggregatorConfig, AggregatorReport
 from gridsim.config import RunConfig
@@ -34,6 +35,8 @@ from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.progress import Progress
+from gridsim.secagg.masking import max_scale
+from gridsim.secagg.server import SecAggConfig
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress, broker_for_run, raise_open_file_limit
 
@@ -51,9 +54,10 @@ async def serve_meters(
     session: str,
     cfg: RunConfig,
     stop: asyncio.Event | None = None,
+    pool: TrainingPool | None = None,
 ) -> dict[str, int]:
     """Run the agents of ``meters`` in this process until the aggregator stops them."""
-    pool = TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
+    pool = pool or TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
     return await run_fleet(
         meters,
         address=address,
@@ -94,14 +98,14 @@ def _peak_rss_mb() -> float:
     return max(own, children) / 1024.0
 
 
-def open_ledger(out: Path, session: str) -> LedgerWriter:
-    """``OUT/ledger``, signed with the aggregator key kept in ``OUT/aggregator.key``.
+def aggregator_key(out: Path) -> Ed25519PrivateKey:
+    """The aggregator's Ed25519 key kept in ``OUT/aggregator.key``.
 
-    The key is created on first use (mode 0600) and reused when a run continues
-    in the same folder, so a restarted aggregator extends the same log.
+    It signs the ledger's heads and the secure-aggregation requests. Created on
+    first use (mode 0600) and reused when a run continues in the same folder, so a
+    restarted aggregator extends the same log.
     """
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     key_path = out / "aggregator.key"
     if key_path.exists():
@@ -118,7 +122,35 @@ def open_ledger(out: Path, session: str) -> LedgerWriter:
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-    return LedgerWriter(out / "ledger", key, origin=f"gridsim.local/{session}")
+    return key
+
+
+def open_ledger(out: Path, session: str) -> LedgerWriter:
+    """``OUT/ledger``, signed with :func:`aggregator_key`."""
+    return LedgerWriter(out / "ledger", aggregator_key(out), origin=f"gridsim.local/{session}")
+
+
+def secagg_config(cfg: RunConfig, dim: int) -> SecAggConfig | None:
+    """Secure aggregation settings for a run (None with ``--no-secagg``)."""
+    if not cfg.secagg:
+        return None
+    neighbors: int | str | None = None
+    if cfg.secagg_neighbors == "all":
+        neighbors = "all"
+    elif cfg.secagg_neighbors is not None:
+        neighbors = int(cfg.secagg_neighbors)
+    bits = 32
+    return SecAggConfig(
+        d=dim,
+        bits=bits,
+        clip=cfg.secagg_clip,
+        # As fine as possible while the sum of every meter's input cannot wrap.
+        scale=max_scale(cfg.secagg_clip, bits, cfg.meters),
+        neighbors=neighbors,  # type: ignore[arg-type]
+        # The graph is sized for the expected dropout (the protocol's bound needs < 0.5).
+        dropout=min(max(cfg.dropout, 0.05), 0.45),
+        stage_timeout_s=cfg.round_timeout_s,
+    )
 
 
 async def run_federation(
@@ -127,8 +159,18 @@ async def run_federation(
     session: str,
     progress: Progress | None = None,
     ledger: LedgerWriter | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> tuple[AggregatorReport, dict[str, int]]:
     """The aggregator in this process, meters here or in ``cfg.workers`` processes."""
+    initial = initial_parameters(cfg.seed)
+    if cfg.verify and cfg.workers != 1:
+        raise ConfigError("--verify needs the meters in this process (--workers 1)")
+    pool: TrainingPool | None = None
+    if cfg.workers == 1:
+        pool = TrainingPool(meter_windows(list(range(cfg.meters)), cfg), seed=cfg.seed)
+        if cfg.verify:
+            pool.quantized = {}
+    quantized = pool.quantized if pool is not None else None
     agg_cfg = AggregatorConfig(
         session=session,
         rounds=cfg.rounds,
@@ -139,13 +181,16 @@ async def run_federation(
         registration_timeout_s=cfg.registration_timeout_s,
         plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
         seed=cfg.seed,
+        secagg=secagg_config(cfg, int(initial.shape[0])),
     )
     aggregator = Aggregator(
         address,
         agg_cfg,
-        initial_parameters(cfg.seed),
+        initial,
         on_result=progress.round_done if progress else None,
         ledger=ledger,
+        signing_key=signing_key or Ed25519PrivateKey.generate(),
+        plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
@@ -154,7 +199,7 @@ async def run_federation(
     try:
         if cfg.workers == 1:
             fleet_task = asyncio.create_task(
-                serve_meters(list(range(cfg.meters)), address, session, cfg, stop)
+                serve_meters(list(range(cfg.meters)), address, session, cfg, stop, pool)
             )
         else:
             ctx = mp.get_context("spawn")
@@ -224,6 +269,21 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def secagg_summary(cfg: RunConfig, report: AggregatorReport) -> dict[str, Any]:
+    stats = report.secagg_stats
+    out: dict[str, Any] = {"enabled": cfg.secagg}
+    if cfg.secagg:
+        out.update(report.secagg_params)
+        out.update(
+            rounds_abandoned=stats.rounds_abandoned,
+            abandon_reasons=stats.abandon_reasons,
+            saturated_values=stats.saturated_values,
+        )
+        if cfg.verify:
+            out.update(verified_rounds=stats.verified_rounds, verify_failures=stats.verify_failures)
+    return out
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -302,6 +362,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         },
         "baselines": baselines,
         "participants_per_round": [len(r.participants) for r in train_results],
+        "final_evaluation_participants": len(final.participants),
         "dropouts_per_round": [len(r.dropouts) for r in train_results],
         "rejected_messages": report.rejected_messages,
         "aggregator_reconnects": report.reconnects,
@@ -309,6 +370,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "peak_rss_mb": _peak_rss_mb(),
         "meter_stats": fleet,
         "ledger": audit(out / "ledger").summary(),
+        "secagg": secagg_summary(cfg, report),
     }
     summary = dict(_clean(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

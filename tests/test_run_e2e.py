@@ -40,6 +40,9 @@ def _cfg(tmp_path: Path, address: BrokerAddress | None, **over: Any) -> RunConfi
         centralized_baseline=False,
         out=str(tmp_path / "out"),
         broker=address.url if address else None,
+        # Check every securely aggregated sum against the plain one (needs the
+        # meters in this process).
+        verify=over.get("workers", 1) == 1 and over.get("secagg", True),
     )
     base.update(over)
     return RunConfig(**base)
@@ -71,6 +74,11 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
     assert float(rows[-1]["rmse"]) < float(rows[0]["rmse"])
     config = json.loads((Path(summary["out"]) / "config.json").read_text())
     assert config["meters"] == 50 and config["seed"] == 1
+    # Secure aggregation is on by default, and every unmasked sum was exact.
+    sa = summary["secagg"]
+    assert sa["enabled"] and sa["verified_rounds"] == 3 and sa["verify_failures"] == 0
+    assert sa["rounds_abandoned"] == 0 and sa["saturated_values"] == 0
+    assert sa["modulus_bits"] == 32 and 2 <= sa["threshold"] <= sa["neighbors"] <= 49
     # Every round is a signed block of the ledger, and every meter checked its receipt.
     assert summary["ledger"]["verified"] and summary["ledger"]["heads"] == 3
     assert summary["ledger"]["size"] == 3 * (50 + 1)
@@ -81,9 +89,14 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
 
 
 def test_same_seed_gives_the_same_model(tmp_path: Path, mosquitto: BrokerAddress) -> None:
-    a = run(_cfg(tmp_path / "a", mosquitto, meters=12, rounds=2))
-    b = run(_cfg(tmp_path / "b", mosquitto, meters=12, rounds=2))
+    # Bit for bit without secure aggregation (its rounding and masks are fresh
+    # randomness by design); with it, equal up to the quantisation step.
+    a = run(_cfg(tmp_path / "a", mosquitto, meters=12, rounds=2, secagg=False, verify=False))
+    b = run(_cfg(tmp_path / "b", mosquitto, meters=12, rounds=2, secagg=False, verify=False))
     assert a["model_hash"] == b["model_hash"]
+    c = run(_cfg(tmp_path / "c", mosquitto, meters=12, rounds=2))
+    ma, mc = (np.load(Path(x["out"]) / "model.npy") for x in (a, c))
+    assert np.abs(ma - mc).max() < 1e-5
 
 
 class _Chaos(threading.Thread):
@@ -109,6 +122,7 @@ class _Chaos(threading.Thread):
             train_s=0.0,
             delta=b"\x00" * 12,
             eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+            payload_sha256=b"\x02" * 32,
             signature=b"\x01" * 64,
         )
         foreign = msgspec.structs.replace(update, session="other-session")
@@ -192,6 +206,21 @@ def test_vanishing_meters_are_recorded_as_dropouts(
         assert part + drop == 50
         assert 5 <= drop <= 25  # 30% of 50: P(outside [5, 25]) < 1e-3 per round
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+
+
+def test_too_many_dropouts_abandon_the_round_and_the_run_goes_on(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, meters=12, rounds=3, dropout=0.8, round_timeout_s=1.5))
+    sa = summary["secagg"]
+    assert summary["rounds_completed"] == 3
+    # P(a round keeps a majority of 12 meters at 80% dropout) < 0.01.
+    assert sa["rounds_abandoned"] >= 2, sa
+    assert all("round" in r and r for r in sa["abandon_reasons"])
+    assert summary["participants_per_round"].count(0) == sa["rounds_abandoned"]
+    assert summary["final_evaluation_participants"] == 12
+    # Abandoned rounds publish no aggregate and leave no ledger block.
+    assert summary["ledger"]["heads"] == 3 - sa["rounds_abandoned"]
 
 
 def test_meters_in_two_worker_processes(tmp_path: Path, mosquitto: BrokerAddress) -> None:

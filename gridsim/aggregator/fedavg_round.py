@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,7 @@ class RoundOutcome:
     # meter -> (SHA-256 of the payload it sent, its signature over the contribution)
     contributions: dict[int, tuple[bytes, bytes]]
     aggregate_sha256: bytes
+    saturated: int = 0
 
 
 class FedAvgRound:
@@ -50,12 +52,15 @@ class FedAvgRound:
         model: npt.NDArray[np.float32],
         train: bool,
         run: str = "0",
+        secure: bool = False,
     ) -> None:
         if not selected:
             raise RoundError(f"round {round_} has no meters to select")
         self.round = round_
         self.run = run
         self.train = train
+        # Secure rounds get the sum from secure aggregation; updates carry no delta.
+        self.secure = secure
         self.selected = sorted(set(selected))
         self._selected = set(self.selected)
         self.model = model
@@ -67,6 +72,7 @@ class FedAvgRound:
         self._contributions: dict[int, tuple[bytes, bytes]] = {}
         self._eval = EvalTotals()
         self.rejected = 0
+        self.saturated = 0
         self._train_s = 0.0
         self._aggregate_s = 0.0
         self.closed = False
@@ -79,17 +85,22 @@ class FedAvgRound:
             if reason is not None:
                 self.rejected += 1
                 return reason
-            if self.train:
+            if self.train and not self.secure:
+                if hashlib.sha256(msg.delta).digest() != msg.payload_sha256:
+                    self.rejected += 1
+                    return f"meter {msg.meter}'s delta does not match its signed hash"
                 try:
                     delta = codec.vector_from_bytes(msg.delta, self.dim)
                 except MessageError as exc:
                     self.rejected += 1
                     return str(exc)
                 _core.accumulate_weighted(self._acc, delta, float(msg.n_samples))
+            if self.train:
                 self._weight += msg.n_samples
                 self._loss_sum += msg.train_loss * msg.n_samples
+                self.saturated += msg.saturated
             self._answered[msg.meter] = msg.n_samples
-            self._contributions[msg.meter] = (hashlib.sha256(msg.delta).digest(), msg.signature)
+            self._contributions[msg.meter] = (msg.payload_sha256, msg.signature)
             self._eval = self._eval.add(msg.eval)
             self._train_s = max(self._train_s, msg.train_s)
             return None
@@ -109,6 +120,8 @@ class FedAvgRound:
             return f"meter {msg.meter} was not selected for round {self.round}"
         if msg.meter in self._answered:
             return f"duplicate update from meter {msg.meter}"
+        if self.secure and msg.delta:
+            return f"meter {msg.meter} sent its delta in the clear in a secure round"
         if self.train and msg.n_samples <= 0:
             return f"meter {msg.meter} trained on {msg.n_samples} samples"
         return None
@@ -120,18 +133,36 @@ class FedAvgRound:
     def complete(self) -> bool:
         return not self.pending()
 
-    def close(self) -> RoundOutcome:
-        """The new global model (FedAvg weighted by samples) and the round's record."""
+    def close(
+        self, secure_sum: npt.NDArray[np.float64] | None = None, survivors: Sequence[int] = ()
+    ) -> RoundOutcome:
+        """The new global model and the round's record.
+
+        Plain rounds: FedAvg weighted by samples over the updates received. Secure
+        rounds: ``secure_sum`` (the unmasked sum of the ``survivors``' deltas, None if
+        the round was abandoned) averaged with equal weights, since the aggregator
+        never sees a single delta to weight.
+        """
         start = time.perf_counter()
         self.closed = True
-        if self.train and self._weight > 0:
-            mean_delta = (self._acc / self._weight).astype(np.float32)
-            new = (self.model.astype(np.float64) + self._acc / self._weight).astype(np.float32)
-            loss = self._loss_sum / self._weight
+        mean_delta = np.zeros(0, dtype=np.float32)
+        loss = self._loss_sum / self._weight if self._weight > 0 else math.nan
+        new = self.model
+        if self.secure:
+            participants = sorted(survivors) if secure_sum is not None else []
+            if secure_sum is not None and participants:
+                mean_delta = (secure_sum / len(participants)).astype(np.float32)
+                new = (self.model.astype(np.float64) + secure_sum / len(participants)).astype(
+                    np.float32
+                )
         else:
-            mean_delta = np.zeros(0, dtype=np.float32)
-            new, loss = self.model, math.nan
-        participants = sorted(self._answered)
+            participants = sorted(self._answered)
+            if self.train and self._weight > 0:
+                mean_delta = (self._acc / self._weight).astype(np.float32)
+                new = (self.model.astype(np.float64) + self._acc / self._weight).astype(np.float32)
+        contributions = {
+            m: self._contributions[m] for m in participants if m in self._contributions
+        }
         self._aggregate_s += time.perf_counter() - start
         return RoundOutcome(
             round=self.round,
@@ -139,12 +170,13 @@ class FedAvgRound:
             model=new,
             selected=self.selected,
             participants=participants,
-            dropouts=sorted(self.pending()),
+            dropouts=sorted(set(self.selected) - set(participants)),
             rejected=self.rejected,
             train_loss=loss,
             eval=self._eval,
             train_s=self._train_s,
             aggregate_s=self._aggregate_s,
-            contributions=dict(self._contributions),
+            contributions=contributions,
             aggregate_sha256=hashlib.sha256(mean_delta.astype("<f4").tobytes()).digest(),
+            saturated=self.saturated,
         )

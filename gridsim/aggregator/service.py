@@ -12,25 +12,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
-from gridsim.exceptions import IntegrityError, MessageError, RoundError
+from gridsim.exceptions import (
+    GridsimError,
+    IntegrityError,
+    MessageError,
+    ProtocolError,
+    RoundError,
+)
 from gridsim.learning.batched import TrainConfig
 from gridsim.learning.model import model_hash
 from gridsim.ledger.entries import MeterContribution, RoundRecord
 from gridsim.ledger.writer import LedgerWriter
+from gridsim.meter.identity import raw_public_key
+from gridsim.secagg import messages as sa
+from gridsim.secagg.masking import MaskArray
+from gridsim.secagg.server import Outbox, SecAggConfig, SecAggServer
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.droplog import DropLog
@@ -51,6 +61,17 @@ class AggregatorConfig:
     registration_timeout_s: float = 120.0
     plan: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     seed: int = 0
+    # Secure aggregation of the training rounds (None: updates travel in the clear).
+    secagg: SecAggConfig | None = None
+
+
+@dataclasses.dataclass
+class SecAggStats:
+    rounds_abandoned: int = 0
+    abandon_reasons: list[str] = dataclasses.field(default_factory=list)
+    verified_rounds: int = 0
+    verify_failures: int = 0
+    saturated_values: int = 0
 
 
 @dataclasses.dataclass
@@ -61,6 +82,8 @@ class AggregatorReport:
     rejected_messages: int
     model: npt.NDArray[np.float32]
     reconnects: int
+    secagg_stats: SecAggStats = dataclasses.field(default_factory=SecAggStats)
+    secagg_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Aggregator:
@@ -72,6 +95,8 @@ class Aggregator:
         *,
         on_result: Callable[[codec.RoundResult], None] | None = None,
         ledger: LedgerWriter | None = None,
+        signing_key: Ed25519PrivateKey | None = None,
+        plaintext: Callable[[int], Mapping[int, MaskArray]] | None = None,
     ) -> None:
         self.config = config
         self.topics = Topics(config.session)
@@ -84,6 +109,17 @@ class Aggregator:
         # A ledger continues where it stopped: rounds keep increasing across restarts.
         last = ledger.last_round(config.session) if ledger else None
         self.first_round = 0 if last is None else last + 1
+        self.secagg: SecAggServer | None = None
+        self._secagg_key = b""
+        self._secagg_broadcast = b""
+        if config.secagg is not None:
+            if signing_key is None:
+                raise RoundError("secure aggregation needs the aggregator's signing key")
+            self.secagg = SecAggServer(signing_key, config.session, config.secagg)
+            self._secagg_key = raw_public_key(signing_key)
+        # Simulation only (--verify): each meter's quantised input of a round.
+        self.plaintext = plaintext
+        self.secagg_stats = SecAggStats()
         self.offline: set[int] = set()
         self.rejected_messages = 0
         self.results: list[codec.RoundResult] = []
@@ -96,7 +132,12 @@ class Aggregator:
         self.connection = Connection(
             address,
             identifier=f"gridsim-{config.session}-aggregator",
-            subscriptions=[self.topics.hello_all, self.topics.update_all, self.topics.status_all],
+            subscriptions=[
+                self.topics.hello_all,
+                self.topics.update_all,
+                self.topics.status_all,
+                self.topics.secagg_up_all,
+            ],
             on_message=self._on_message,
             on_connect=self._on_connect,
         )
@@ -110,6 +151,9 @@ class Aggregator:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic.startswith(f"{self.topics.prefix}/status/"):
             self._on_status(topic, payload)
+            return
+        if topic.startswith(f"{self.topics.prefix}/secagg-up/"):
+            self._on_secagg(topic, payload)
             return
         # Per-topic limits: nothing a meter sends legitimately is larger than
         # its update (the model's float32 bytes plus a small header).
@@ -131,6 +175,8 @@ class Aggregator:
             key = Ed25519PublicKey.from_public_bytes(msg.public_key)
             if pinned is None:
                 self.meter_keys[meter] = key
+                if self.secagg is not None:
+                    self.secagg.enroll(meter, key)
             elif pinned != key:
                 self._reject(topic, f"hello for meter {meter} with a key other than its own")
                 return
@@ -154,6 +200,28 @@ class Aggregator:
         else:
             self._reject(topic, f"unexpected {type(msg).__name__}")
 
+    def _on_secagg(self, topic: str, payload: bytes) -> None:
+        server = self.secagg
+        if server is None:
+            self._reject(topic, "secure aggregation is off")
+            return
+        try:
+            meter = self.topics.meter_of(topic)
+            msg = sa.decode(payload)
+        except GridsimError as exc:
+            self._reject(topic, str(exc))
+            return
+        if getattr(msg, "meter", None) != meter:
+            self._reject(topic, f"secure-aggregation message not from meter {meter}")
+            return
+        try:
+            server.receive(msg, time.monotonic())
+        except ProtocolError as exc:
+            self._reject(topic, f"secure aggregation: {exc}")
+            return
+        if server.stage_complete:
+            self._changed.set()
+
     def _check_signature(self, meter: int, msg: codec.Update) -> str | None:
         key = self.meter_keys.get(meter)
         if key is None:
@@ -162,7 +230,7 @@ class Aggregator:
             session=msg.session,
             round=msg.round,
             meter=meter,
-            payload_sha256=hashlib.sha256(msg.delta).digest(),
+            payload_sha256=msg.payload_sha256,
             signature=msg.signature,
         )
         try:
@@ -187,6 +255,10 @@ class Aggregator:
         if self._announce is not None:
             # The broker may have lost the announcement (e.g. it restarted): repeat it.
             await self.connection.publish(self.topics.round, self._announce, retain=True, wait=0)
+            if self._secagg_broadcast:
+                await self.connection.publish(
+                    self.topics.secagg, self._secagg_broadcast, retain=True, wait=0
+                )
 
     # -- driver -----------------------------------------------------------------
 
@@ -226,7 +298,15 @@ class Aggregator:
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config
         selected = self._select(train)
-        rnd = FedAvgRound(number, selected=selected, model=self.model, train=train, run=self.run_id)
+        secure = train and self.secagg is not None
+        rnd = FedAvgRound(
+            number,
+            selected=selected,
+            model=self.model,
+            train=train,
+            run=self.run_id,
+            secure=secure,
+        )
         announce = codec.RoundAnnounce(
             v=codec.WIRE_VERSION,
             session=cfg.session,
@@ -238,17 +318,21 @@ class Aggregator:
             plan=codec.TrainPlan(cfg.plan.local_epochs, cfg.plan.batch_size, cfg.plan.lr),
             model=codec.vector_to_bytes(self.model),
             ledger_key=self._ledger_key,
+            secagg_key=self._secagg_key if secure else b"",
         )
         started = time.perf_counter()
         self._round, self._announce = rnd, codec.encode(announce)
         # Retained, so a meter that (re)connects mid-round learns of it at once.
         await self.connection.publish(self.topics.round, self._announce, retain=True)
         deadline = time.monotonic() + cfg.round_timeout_s
-        while time.monotonic() < deadline:
-            if not (rnd.pending() - self.offline):
-                break
-            await self._wait_changed(deadline - time.monotonic())
-        outcome = rnd.close()
+        if secure:
+            outcome = await self._secure_round(rnd, deadline)
+        else:
+            while time.monotonic() < deadline:
+                if not (rnd.pending() - self.offline):
+                    break
+                await self._wait_changed(deadline - time.monotonic())
+            outcome = rnd.close()
         self._round = None
         self._announce = None
         wall = time.perf_counter() - started
@@ -257,6 +341,81 @@ class Aggregator:
             await self._record(outcome)
         await self._publish_result(outcome, wall)
         return outcome
+
+    async def _publish_secagg(self, out: Outbox) -> None:
+        sends = []
+        if out.broadcast is not None:
+            # Retained (and repeated after a reconnect), so a meter that reconnects
+            # mid-stage, e.g. after a broker restart, still gets the stage's request.
+            self._secagg_broadcast = sa.encode(out.broadcast)
+            sends.append(
+                self.connection.publish(self.topics.secagg, self._secagg_broadcast, retain=True)
+            )
+        for meter, msg in out.direct.items():
+            sends.append(self.connection.publish(self.topics.secagg_to(meter), sa.encode(msg)))
+        await asyncio.gather(*sends)
+
+    async def _secure_round(self, rnd: FedAvgRound, deadline: float) -> RoundOutcome:
+        """Drive the SecAgg+ stages of a round, then close it with the unmasked sum."""
+        server = self.secagg
+        assert server is not None
+        stats = self.secagg_stats
+        result = None
+        try:
+            out = server.start_round(rnd.round, rnd.selected, time.monotonic())
+        except GridsimError as exc:
+            out = Outbox(abandoned=f"cannot start: {exc}")
+        if out.abandoned is None:
+            await self._publish_secagg(out)
+        while out.abandoned is None:
+            assert server.deadline is not None
+            if not server.stage_complete and time.monotonic() < server.deadline:
+                await self._wait_changed(server.deadline - time.monotonic())
+                continue
+            plaintext = None
+            if self.plaintext is not None and server.stage is sa.Stage.UNMASK:
+                plaintext = self.plaintext(rnd.round)
+            out = server.close_stage(time.monotonic(), plaintext=plaintext)
+            if out.abandoned is not None:
+                break
+            if out.result is not None:
+                result = out.result
+                if result.verified is not None:
+                    stats.verified_rounds += 1
+                    stats.verify_failures += int(not result.verified)
+                break
+            await self._publish_secagg(out)
+        self._secagg_broadcast = b""
+        await self.connection.publish(self.topics.secagg, b"", retain=True)
+        if result is None:
+            stats.rounds_abandoned += 1
+            stats.abandon_reasons.append(f"round {rnd.round}: {out.abandoned}")
+            log.warning("round %d abandoned: %s", rnd.round, out.abandoned)
+            return rnd.close(None)
+        # Survivors also send a signed update with their eval sums; wait for those.
+        survivors = set(result.survivors)
+        while time.monotonic() < deadline and (survivors & rnd.pending()) - self.offline:
+            await self._wait_changed(deadline - time.monotonic())
+        outcome = rnd.close(result.values, result.survivors)
+        for meter, (digest, _) in outcome.contributions.items():
+            if result.digests.get(meter) != digest:
+                log.error("meter %d signed a payload other than its masked input", meter)
+        stats.saturated_values += outcome.saturated
+        return outcome
+
+    def _secagg_params(self) -> dict[str, Any]:
+        server = self.secagg
+        if server is None or server.params is None:
+            return {"enabled": False}
+        p = server.params
+        return {
+            "enabled": True,
+            "neighbors": p.neighbors,
+            "threshold": p.threshold,
+            "modulus_bits": p.bits,
+            "clip": p.clip,
+            "scale": p.scale,
+        }
 
     async def _record(self, outcome: RoundOutcome) -> None:
         """Append the round's block to the ledger, then send each meter its receipt."""
@@ -278,7 +437,7 @@ class Aggregator:
                 round=outcome.round,
                 participants=outcome.participants,
                 dropouts=outcome.dropouts,
-                secagg={"enabled": False},
+                secagg=self._secagg_params(),
                 dp={"mode": "off"},
                 epsilon_spent=None,
                 aggregate_sha256=outcome.aggregate_sha256,
@@ -361,4 +520,6 @@ class Aggregator:
             rejected_messages=self.rejected_messages,
             model=self.model,
             reconnects=max(0, self.connection.connects - 1),
+            secagg_stats=self.secagg_stats,
+            secagg_params={k: v for k, v in self._secagg_params().items() if k != "enabled"},
         )

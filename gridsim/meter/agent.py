@@ -6,18 +6,23 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridsim.exceptions import GridsimError, MessageError
+from gridsim.exceptions import GridsimError, MessageError, ProtocolError
 from gridsim.learning.batched import TrainConfig
 from gridsim.ledger.audit import verify_own_contribution
 from gridsim.ledger.checkpoint import NoteVerifier, load_verifier
 from gridsim.ledger.entries import MeterContribution
-from gridsim.meter.dropout import vanishes
+from gridsim.meter.dropout import vanish_stage, vanishes
 from gridsim.meter.identity import meter_signing_key, raw_public_key
-from gridsim.meter.training_pool import TrainingPool
+from gridsim.meter.peers import DerivedPeerKeys
+from gridsim.meter.training_pool import MeterAnswer, TrainingPool
+from gridsim.secagg import messages as sa
+from gridsim.secagg.client import SecAggClient
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.droplog import DropLog
@@ -41,6 +46,7 @@ class MeterAgent:
         pool: TrainingPool,
         seed: int,
         dropout: float = 0.0,
+        peer_keys: Mapping[int, Ed25519PublicKey] | None = None,
     ) -> None:
         self.meter = meter
         self.session = session
@@ -59,6 +65,11 @@ class MeterAgent:
         self._public_key = raw_public_key(self._key)
         self._ledger_key: NoteVerifier | None = None
         self._awaiting_proof: tuple[str, int, bytes] | None = None  # run, round, payload hash
+        self.peer_keys = peer_keys if peer_keys is not None else DerivedPeerKeys(seed)
+        self._secagg: SecAggClient | None = None
+        self._secagg_key = b""
+        self._trained: asyncio.Future[MeterAnswer] = asyncio.get_running_loop().create_future()
+        self._trained_round = -1
         self._answered_round = -1
         self._answer: bytes | None = None
         self._current_round = -1
@@ -67,7 +78,13 @@ class MeterAgent:
         self.connection = Connection(
             address,
             identifier=f"gridsim-{session}-meter-{meter}",
-            subscriptions=[self.topics.round, self.topics.control, self.topics.proof(meter)],
+            subscriptions=[
+                self.topics.round,
+                self.topics.control,
+                self.topics.proof(meter),
+                self.topics.secagg,
+                self.topics.secagg_to(meter),
+            ],
             on_message=self._on_message,
             on_connect=self._on_connect,
             will=aiomqtt.Will(self.topics.status(meter), b"offline", qos=1),
@@ -86,6 +103,9 @@ class MeterAgent:
     async def _on_message(self, topic: str, payload: bytes) -> None:
         if not payload:
             return  # the aggregator clearing a retained message
+        if topic in (self.topics.secagg, self.topics.secagg_to(self.meter)):
+            await self._on_secagg(topic, payload)
+            return
         try:
             msg = codec.decode(payload)
         except MessageError as exc:
@@ -162,12 +182,41 @@ class MeterAgent:
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
-        if msg.train and vanishes(self.seed, self.meter, msg.round, self.dropout):
-            self.rounds_vanished += 1
-            self._current_round = msg.round
-            return
         self._current_round = msg.round
+        if msg.train and self._silent_from(msg.round, bool(msg.secagg_key)) == 0:
+            self.rounds_vanished += 1
+            return
+        if msg.train and msg.secagg_key and not self._start_secagg(msg):
+            return
         self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
+
+    def _silent_from(self, round_: int, secure: bool) -> int | None:
+        """The protocol stage from which this meter vanishes this round (None: it stays).
+
+        Without secure aggregation a vanishing meter is silent from the start.
+        """
+        if not secure:
+            return 0 if vanishes(self.seed, self.meter, round_, self.dropout) else None
+        return vanish_stage(self.seed, self.meter, round_, self.dropout)
+
+    def _start_secagg(self, msg: codec.RoundAnnounce) -> bool:
+        """Set up this round's SecAgg+ client (pinning the aggregator's key on first use)."""
+        try:
+            server_key = Ed25519PublicKey.from_public_bytes(msg.secagg_key)
+        except ValueError:
+            self._drop(self.topics.round, "bad secure-aggregation key")
+            return False
+        if self._secagg is None:
+            self._secagg = SecAggClient(
+                self.meter, self._key, server_key, self.peer_keys, session=self.session
+            )
+            self._secagg_key = msg.secagg_key
+        elif msg.secagg_key != self._secagg_key:
+            self._drop(self.topics.round, "secure-aggregation key differs from the pinned one")
+            return False
+        self._trained = asyncio.get_running_loop().create_future()
+        self._trained_round = msg.round
+        return True
 
     async def _answer_round(self, msg: codec.RoundAnnounce) -> None:
         try:
@@ -175,9 +224,10 @@ class MeterAgent:
         except MessageError as exc:
             log.warning("meter %d: round %d has a bad model: %s", self.meter, msg.round, exc)
             return
+        secure = msg.train and bool(msg.secagg_key)
         local = self.pool.local(msg.selected)
         expected = sum(
-            1 for m in local if not (msg.train and vanishes(self.seed, m, msg.round, self.dropout))
+            1 for m in local if not msg.train or self._silent_from_for(m, msg.round, secure) != 0
         )
         plan = TrainConfig(msg.plan.local_epochs, msg.plan.batch_size, msg.plan.lr)
         answer = await self.pool.request(
@@ -188,17 +238,31 @@ class MeterAgent:
             plan=plan,
             expected=expected,
         )
-        e = answer.eval
+        if secure:
+            # The delta leaves this meter only masked, when the aggregator asks for it.
+            if not self._trained.done():
+                self._trained.set_result(answer)
+            return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
-        digest = hashlib.sha256(delta).digest()
+        await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
+
+    def _silent_from_for(self, meter: int, round_: int, secure: bool) -> int | None:
+        if not secure:
+            return 0 if vanishes(self.seed, meter, round_, self.dropout) else None
+        return vanish_stage(self.seed, meter, round_, self.dropout)
+
+    async def _send_update(
+        self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
+    ) -> None:
+        e = answer.eval
         signature = self._key.sign(
-            MeterContribution.message(self.session, msg.round, self.meter, digest)
+            MeterContribution.message(self.session, round_, self.meter, digest)
         )
         update = codec.Update(
             v=codec.WIRE_VERSION,
             session=self.session,
-            run=msg.run,
-            round=msg.round,
+            run=self._run,
+            round=round_,
             meter=self.meter,
             n_samples=answer.n_samples,
             train_loss=answer.train_loss,
@@ -212,17 +276,62 @@ class MeterAgent:
                 naive_sse=e.naive_sse,
                 naive_sae=e.naive_sae,
             ),
+            payload_sha256=digest,
             signature=signature,
+            saturated=saturated,
         )
         payload = codec.encode(update)
-        self._answered_round, self._answer = msg.round, payload
-        if msg.train and msg.ledger_key:
-            self._awaiting_proof = (msg.run, msg.round, digest)
+        self._answered_round, self._answer = round_, payload
+        if answer.delta is not None and self._ledger_key is not None:
+            self._awaiting_proof = (self._run, round_, digest)
         await self._send(payload)
         self.rounds_answered += 1
 
-    async def _send(self, payload: bytes) -> None:
-        await self.connection.publish(self.topics.update(self.meter), payload, wait=30)
+    async def _on_secagg(self, topic: str, payload: bytes) -> None:
+        """One SecAgg+ request: answer it unless this meter has vanished by that stage."""
+        client = self._secagg
+        if client is None:
+            return  # no secure round has begun for this meter
+        try:
+            msg = sa.decode(payload)
+        except GridsimError as exc:
+            self._drop(topic, str(exc))
+            return
+        silent = self._silent_from(msg.round, secure=True)
+        stage = int(msg.stage)
+        if silent is not None and stage >= silent:
+            return
+        try:
+            if isinstance(msg, sa.AdvertiseRequest):
+                if self.meter not in msg.params.meters:
+                    return
+                reply: sa.MeterMessage = client.advertise(msg)
+            elif isinstance(msg, sa.ShareRequest):
+                reply = await asyncio.to_thread(client.share_keys, msg)
+            elif isinstance(msg, sa.MaskedInputRequest):
+                if msg.recipient != self.meter or msg.round != self._trained_round:
+                    self._drop(topic, f"masked-input request for round {msg.round}")
+                    return
+                answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
+                assert answer.delta is not None
+                masked = await asyncio.to_thread(client.masked_input, msg, answer.delta)
+                if self.pool.quantized is not None and client.quantized is not None:
+                    self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
+                await self._send(sa.encode(masked), self.topics.secagg_up(self.meter))
+                await self._send_update(msg.round, answer, b"", masked.digest, client.saturated)
+                return
+            elif isinstance(msg, sa.UnmaskRequest):
+                reply = client.unmask(msg)
+            else:
+                self._drop(topic, f"unexpected {type(msg).__name__}")
+                return
+        except ProtocolError as exc:
+            self._drop(topic, f"secure aggregation: {exc}")
+            return
+        await self._send(sa.encode(reply), self.topics.secagg_up(self.meter))
+
+    async def _send(self, payload: bytes, topic: str | None = None) -> None:
+        await self.connection.publish(topic or self.topics.update(self.meter), payload, wait=30)
 
     def start(self) -> None:
         self.connection.start()

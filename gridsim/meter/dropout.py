@@ -11,3 +11,16 @@ def vanishes(seed: int, meter: int, round_: int, p: float) -> bool:
         return False
     digest = hashlib.sha256(f"gridsim-dropout/{seed}/{meter}/{round_}".encode()).digest()
     return int.from_bytes(digest[:8], "little") / 2**64 < p
+
+
+def vanish_stage(seed: int, meter: int, round_: int, p: float, stages: int = 4) -> int | None:
+    """When a vanishing meter goes silent in a securely aggregated round, or None.
+
+    Stage ``s`` means the meter answers the protocol stages before ``s`` and none
+    from ``s`` on: 0 before anything, 1 after advertising keys, 2 after sharing,
+    3 after sending its masked input. Uniform over the stages, reproducible.
+    """
+    if not vanishes(seed, meter, round_, p):
+        return None
+    digest = hashlib.sha256(f"gridsim-dropout-stage/{seed}/{meter}/{round_}".encode()).digest()
+    return digest[0] % stages

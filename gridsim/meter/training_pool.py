@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +51,9 @@ class TrainingPool:
         self.linger_s = linger_s
         self._row = {int(m): i for i, m in enumerate(data.meter_ids)}
         self.layout_dim = ParamLayout(Forecaster()).dim
+        # Simulation only (--verify): round -> meter -> quantised input, so the
+        # aggregator can check its unmasked sum against the plain one.
+        self.quantized: dict[int, dict[int, Any]] | None = None
         self._trainers: dict[TrainConfig, BatchedTrainer] = {}
         self._batches: dict[tuple[int, bool], _Batch] = {}
         self._compute = asyncio.Lock()

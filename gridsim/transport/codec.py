@@ -75,6 +75,9 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     model: bytes  # float32 little-endian
     # The audit ledger's verifier key (a C2SP vkey line), "" when the run keeps no ledger.
     ledger_key: Annotated[str, msgspec.Meta(max_length=512)]
+    # The aggregator's Ed25519 key for secure aggregation (raw 32 bytes); empty when
+    # the round is not securely aggregated and updates travel in the clear.
+    secagg_key: Annotated[bytes, msgspec.Meta(max_length=32)]
 
 
 class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -97,11 +100,17 @@ class Update(Message, tag="update", frozen=True):
     n_samples: Annotated[int, msgspec.Meta(ge=0)]
     train_loss: NonNegFloat
     train_s: NonNegFloat
-    delta: bytes  # float32 little-endian, empty when the round did not train
+    # float32 little-endian; empty when the round did not train or when the delta
+    # went through secure aggregation instead (then only its masked form exists).
+    delta: bytes
     eval: EvalReport
-    # Ed25519 over the ledger's MeterContribution message for SHA-256(delta):
+    # SHA-256 of what the meter contributed: the delta above, or its masked input.
+    payload_sha256: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    # Ed25519 over the ledger's MeterContribution message for payload_sha256:
     # it authenticates the update and is what the ledger records.
     signature: Annotated[bytes, msgspec.Meta(min_length=64, max_length=64)]
+    # Inputs the quantiser clipped (secure aggregation); never silently saturated.
+    saturated: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class RoundResult(Message, tag="result", frozen=True):

@@ -73,7 +73,7 @@ class Connection:
 
     def _make_client(self) -> aiomqtt.Client:
         tls_params = aiomqtt.TLSParameters() if self.address.tls else None
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.address.host,
             self.address.port,
             username=self.address.username,
@@ -86,6 +86,10 @@ class Connection:
             timeout=30,
             logger=log,
         )
+        # Fan-out (receipts, secure-aggregation requests) publishes hundreds of
+        # messages at once by design; aiomqtt would warn from ten on.
+        client.pending_calls_threshold = 100_000
+        return client
 
     async def run(self) -> None:
         """Stay connected until :meth:`close`; reconnect after every failure."""

@@ -35,6 +35,23 @@ class Topics:
     def update(self, meter: int) -> str:
         return f"{self.prefix}/update/{meter}"
 
+    @property
+    def secagg(self) -> str:
+        """Secure-aggregation requests the aggregator broadcasts to every meter."""
+        return f"{self.prefix}/secagg"
+
+    def secagg_to(self, meter: int) -> str:
+        """Secure-aggregation requests addressed to one meter."""
+        return f"{self.prefix}/secagg/{meter}"
+
+    def secagg_up(self, meter: int) -> str:
+        """A meter's secure-aggregation replies to the aggregator."""
+        return f"{self.prefix}/secagg-up/{meter}"
+
+    @property
+    def secagg_up_all(self) -> str:
+        return f"{self.prefix}/secagg-up/+"
+
     def proof(self, meter: int) -> str:
         return f"{self.prefix}/proof/{meter}"
 

@@ -1,3 +1,4 @@
+import hashlib
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ DIM = 5
 
 
 def _update(meter: int, delta: np.ndarray, n: int, round_: int = 0, **over: object) -> codec.Update:
+    payload = codec.vector_to_bytes(delta.astype(np.float32))
     fields: dict[str, object] = dict(
         v=codec.WIRE_VERSION,
         session="s",
@@ -20,8 +22,9 @@ def _update(meter: int, delta: np.ndarray, n: int, round_: int = 0, **over: obje
         n_samples=n,
         train_loss=1.0,
         train_s=0.5,
-        delta=codec.vector_to_bytes(delta.astype(np.float32)),
+        delta=payload,
         eval=codec.EvalReport(sse=4.0, sae=2.0, count=4, sum_y=8.0, naive_sse=16.0, naive_sae=4.0),
+        payload_sha256=hashlib.sha256(payload).digest(),
         signature=b"\x00" * 64,
     )
     fields.update(over)
@@ -67,6 +70,7 @@ def test_silent_meters_become_dropouts_and_the_rest_still_count() -> None:
         (1, _update(1, np.ones(DIM + 1), 5), "expected 20"),
         (1, _update(1, np.full(DIM, np.inf), 5), "NaN or infinite"),
         (1, _update(1, np.ones(DIM), 0), "0 samples"),
+        (1, _update(1, np.ones(DIM), 5, payload_sha256=bytes(32)), "does not match its signed"),
     ],
 )
 def test_bad_updates_are_rejected_and_leave_the_sum_untouched(

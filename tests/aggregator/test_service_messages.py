@@ -37,6 +37,7 @@ def _update(agg: Aggregator, meter: int, key_seed: int, delta: np.ndarray) -> by
             train_s=0.0,
             delta=payload,
             eval=codec.EvalReport(0, 0, 0, 0, 0, 0),
+            payload_sha256=digest,
             signature=sig,
         )
     )

@@ -18,6 +18,7 @@ def _update(**over: object) -> codec.Update:
         train_s=0.1,
         delta=codec.vector_to_bytes(np.arange(4, dtype=np.float32)),
         eval=codec.EvalReport(1.0, 2.0, 3, 4.0, 5.0, 6.0),
+        payload_sha256=b"\x00" * 32,
         signature=b"\x00" * 64,
     )
     fields.update(over)
