@@ -78,6 +78,7 @@ MIN_LOCAL_SIGMA = 0.5
 """Theorem 1 of the DDGauss paper needs each share's stddev (integer units) >= 1/2."""
 
 _PLD_DISCRETISATION = 1e-4
+_SHARE_BLOCK = 2048
 _MAX_NOISE_MULTIPLIER = 1e6
 
 
@@ -199,6 +200,12 @@ def ddgauss_round_rdp(
     (The paper's third form alpha (a + tau sqrt(d))^2 / 2 is never smaller than
     the second, since b <= sqrt(d) a.) Theorem 1 needs s >= 1/2; below that no
     bound is claimed and the result is infinite.
+
+    n shares are at least as private as any m <= n of them (the other shares
+    are independent noise added afterwards: post-processing), so the bound
+    returned is, order by order, the smallest over m = 1..n. That only matters
+    for narrow shares (s near 1/2), where tau grows with n faster than the
+    Gaussian term shrinks; it also makes the bound never fall as meters drop.
     """
     order_array = np.asarray(list(orders), dtype=np.float64)
     if order_array.size == 0 or np.any(order_array <= 1.0):
@@ -210,13 +217,21 @@ def ddgauss_round_rdp(
     d = setup.dimension
     l2 = rounded_l2_sensitivity(setup.clip_norm, setup.gamma, setup.beta, d)
     l1 = l2 * min(math.sqrt(d), l2)
-    total = math.sqrt(setup.noise_shares) * s
-    a = l2 / total
-    b = l1 / total
-    tau = ddgauss_tau(s, setup.noise_shares)
-    first = order_array * a * a / 2.0 + tau * d
-    second = order_array * (a * a + 2.0 * b * tau + tau * tau * d) / 2.0
-    return np.minimum(first, second)
+    n = setup.noise_shares
+    k = np.arange(1, n, dtype=np.float64)
+    tau_all = np.concatenate(
+        [[0.0], 10.0 * np.cumsum(np.exp(-2.0 * math.pi**2 * s * s * k / (k + 1.0)))]
+    )
+    best = np.full(order_array.shape, np.inf)
+    for start in range(0, n, _SHARE_BLOCK):
+        m = np.arange(start + 1, min(n, start + _SHARE_BLOCK) + 1, dtype=np.float64)[:, None]
+        tau = tau_all[start : start + m.shape[0]][:, None]
+        a_sq = l2 * l2 / (m * s * s)
+        b = l1 / (np.sqrt(m) * s)
+        first = order_array[None, :] * a_sq / 2.0 + tau * d
+        second = order_array[None, :] * (a_sq + 2.0 * b * tau + tau * tau * d) / 2.0
+        best = np.minimum(best, np.minimum(first, second).min(axis=0))
+    return best
 
 
 def poisson_subsampled_rdp(
@@ -349,6 +364,34 @@ class DDGaussParameters:
     def integer_stddev(self) -> float:
         """Each share's stddev in integer units, the sigma passed to the sampler."""
         return self.local_stddev / self.setup.gamma
+
+    def mechanism(self) -> DDGaussRounds:
+        """The per-round mechanism to hand to :class:`PrivacyLedger`."""
+        return DDGaussRounds(self.setup, self.local_stddev, self.sampling_rate)
+
+    def summary(self) -> dict[str, str | float | int]:
+        """The fields from which anyone can recompute ``epsilon`` with :func:`epsilon`.
+
+        ``epsilon("distributed", noise_multiplier, sampling_rate, rounds, delta,
+        "rdp", ddgauss=DDGaussSetup(dimension, clip_norm, gamma, beta,
+        noise_shares))`` gives back ``epsilon`` (for a run without dropouts).
+        """
+        return {
+            "mode": "distributed",
+            "accountant": "rdp",
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "clip_norm": self.setup.clip_norm,
+            "sampling_rate": self.sampling_rate,
+            "rounds": self.rounds,
+            "bits": self.bits,
+            "beta": self.setup.beta,
+            "gamma": self.setup.gamma,
+            "dimension": self.setup.dimension,
+            "noise_shares": self.setup.noise_shares,
+            "k_stddevs": self.k_stddevs,
+        }
 
 
 def ddgauss_local_stddev_for(

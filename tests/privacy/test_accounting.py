@@ -357,6 +357,70 @@ def test_ddgauss_parameters_for_the_papers_emnist_setting() -> None:
     assert multipliers[0] > 1.5 * limit  # 12 bits: the coarse grid costs a lot
 
 
+def test_ddgauss_summary_is_enough_to_recompute_epsilon() -> None:
+    params = choose_ddgauss_parameters(
+        3.0,
+        1e-6,
+        dimension=2**12,
+        clip_norm=0.5,
+        bits=18,
+        noise_shares=40,
+        sampling_rate=0.05,
+        rounds=300,
+    )
+    s = params.summary()
+    setup = DDGaussSetup(
+        int(s["dimension"]),
+        float(s["clip_norm"]),
+        float(s["gamma"]),
+        float(s["beta"]),
+        int(s["noise_shares"]),
+    )
+    recomputed = epsilon(
+        "distributed",
+        float(s["noise_multiplier"]),
+        float(s["sampling_rate"]),
+        int(s["rounds"]),
+        float(s["delta"]),
+        "rdp",
+        ddgauss=setup,
+    )
+    assert recomputed == pytest.approx(float(s["epsilon"]), rel=1e-9)
+    assert recomputed <= 3.0
+    assert params.mechanism().local_stddev == params.local_stddev
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    integer_stddev=st.floats(0.5, 50.0),
+    shares=st.integers(2, 200),
+    fewer=st.integers(1, 199),
+    q=st.floats(0.001, 1.0),
+    rounds=st.integers(1, 1000),
+    dimension=st.sampled_from([1, 16, 2**10, 2**16]),
+    clip_steps=st.floats(1.0, 1e4),
+)
+def test_ddgauss_epsilon_grows_with_rounds_and_with_less_noise(
+    integer_stddev: float,
+    shares: int,
+    fewer: int,
+    q: float,
+    rounds: int,
+    dimension: int,
+    clip_steps: float,
+) -> None:
+    gamma = 1e-3
+    setup = DDGaussSetup(dimension, clip_steps * gamma, gamma, DEFAULT_BETA, shares)
+    sigma = integer_stddev * gamma
+    base = ddgauss_epsilon(setup, sigma, q, rounds, 1e-5)
+    assert ddgauss_epsilon(setup, sigma, q, rounds + 1, 1e-5) >= base
+    assert ddgauss_epsilon(setup, sigma * 0.9, q, rounds, 1e-5) >= base
+    dropped = DDGaussSetup(
+        dimension, clip_steps * gamma, gamma, DEFAULT_BETA, max(1, shares - fewer)
+    )
+    assert ddgauss_epsilon(dropped, sigma, q, rounds, 1e-5) >= base
+
+
 def test_ddgauss_parameters_refuse_too_few_bits() -> None:
     # 16 bits cannot hold 4 stddevs of 100 meters' sums in 2^20 coordinates at
     # epsilon 4: a coarser grid inflates the rounded norm, which needs more
