@@ -40,7 +40,13 @@ References to the DDGauss paper are to the arXiv version (v4), which has the
 proofs: Theorem 1 (privacy of the distributed discrete Gaussian), Proposition
 14 / Eq. (17) (its RDP form), Proposition 22 (the norm after conditional
 randomised rounding), Section 4.4 with Theorem 34 / Eq. (61) (choice of the
-scale gamma for ``b`` bits), Lemma 29 (flatness ``rho`` of the rotation).
+scale gamma for ``b`` bits), Lemma 29 (flatness ``rho`` of the rotation). The
+numbering is the one the authors' own reference code cites
+(google-research/federated, ``distributed_dp/accounting_utils.py``), whose
+formulas this module follows; the implementation here is our own.
+
+Every epsilon returned is an upper bound: calibration keeps the spend at or
+under the budget and never rounds it down.
 """
 
 from __future__ import annotations
@@ -443,9 +449,11 @@ def choose_ddgauss_parameters(
 
     where sigma(gamma) is the smallest noise meeting the target epsilon at that
     gamma (:func:`ddgauss_local_stddev_for`). The left side is fixed and the
-    right decreases in gamma, so the finest gamma (least rounding error) that
-    fits is found by bisection in log gamma. ``dimension`` should already be
-    padded (:func:`padded_dimension`). ``noise_shares`` is the number of meters
+    right does not grow with gamma, so the finest gamma (least rounding error)
+    that fits is found by bisection in log gamma. With many coordinates and few
+    bits the right side levels off above 2^b (a coarser grid inflates the
+    rounded norm, which calls for proportionally more noise) and no gamma fits.
+    ``dimension`` should already be padded (:func:`padded_dimension`). ``noise_shares`` is the number of meters
     guaranteed to add noise to each sum (plan for the surviving minimum).
     """
     _positive("epsilon", epsilon)
