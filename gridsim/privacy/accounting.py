@@ -453,8 +453,9 @@ def choose_ddgauss_parameters(
     that fits is found by bisection in log gamma. With many coordinates and few
     bits the right side levels off above 2^b (a coarser grid inflates the
     rounded norm, which calls for proportionally more noise) and no gamma fits.
-    ``dimension`` should already be padded (:func:`padded_dimension`). ``noise_shares`` is the number of meters
-    guaranteed to add noise to each sum (plan for the surviving minimum).
+    ``dimension`` should already be padded (:func:`padded_dimension`).
+    ``noise_shares`` is the number of meters guaranteed to add noise to each
+    sum (plan for the surviving minimum).
     """
     _positive("epsilon", epsilon)
     _rate("delta", delta)
