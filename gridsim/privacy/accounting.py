@@ -114,6 +114,12 @@ class DDGaussSetup:
     off), ``noise_shares`` the number of meters whose noise share is guaranteed
     to be in every released sum (surviving, honest meters: dropouts lower it
     and must be accounted with the lower value).
+
+    With Poisson sampling the number of meters drawn varies from round to
+    round, so plan ``noise_shares`` as the smallest count of contributors a
+    round may release with (e.g. well below the expected q N), and book each
+    round with its actual count (:meth:`PrivacyLedger.record_round`): a round
+    with fewer shares costs more and is charged for it.
     """
 
     dimension: int
