@@ -361,6 +361,7 @@ class Aggregator:
         assert server is not None
         stats = self.secagg_stats
         result = None
+        stage_started = time.perf_counter()
         try:
             out = server.start_round(rnd.round, rnd.selected, time.monotonic())
         except GridsimError as exc:
@@ -372,6 +373,13 @@ class Aggregator:
             if not server.stage_complete and time.monotonic() < server.deadline:
                 await self._wait_changed(server.deadline - time.monotonic())
                 continue
+            log.debug(
+                "round %d: secagg stage %s closed after %.3f s",
+                rnd.round,
+                server.stage.name if server.stage else None,
+                time.perf_counter() - stage_started,
+            )
+            stage_started = time.perf_counter()
             plaintext = None
             if self.plaintext is not None and server.stage is sa.Stage.UNMASK:
                 plaintext = self.plaintext(rnd.round)

@@ -465,9 +465,15 @@ class SecAggServer:
             return short
         self._open(Stage.SHARE, frozenset(self._adverts), now)
         v, s, r, st, sig = self._request_fields(Stage.SHARE)
-        roster = [self._adverts[m] for m in sorted(self._adverts)]
-        request = ShareRequest(v=v, session=s, round=r, stage=st, sig=sig, roster=roster)
-        return Outbox(broadcast=sign(request, self._key))
+        # Each meter gets its own advertisement and its neighbours', not the whole
+        # roster: a meter's work stays O(k), not O(n), however many meters take part.
+        direct: dict[int, ServerMessage] = {}
+        for u in sorted(self._adverts):
+            mine = sorted({u} | {v for v in self._graph[u] if v in self._adverts})
+            roster = [self._adverts[m] for m in mine]
+            request = ShareRequest(v=v, session=s, round=r, stage=st, sig=sig, roster=roster)
+            direct[u] = sign(request, self._key)
+        return Outbox(direct=direct)
 
     def _close_share(self, now: float) -> Outbox:
         short = self._short(len(self._shares), "shared their secrets")

@@ -392,12 +392,19 @@ def test_client_refuses_a_roster_with_a_substituted_key() -> None:
     # The server swaps a neighbour's mask key for its own: the meter's signature fails.
     fed = federation(10, _config(10))
     out = run_round(fed, 1, inputs_for(fed), until=Stage.SHARE)
-    assert isinstance(out.broadcast, msg.ShareRequest)
-    roster = list(out.broadcast.roster)
-    roster[1] = msg.sign(msgspec.structs.replace(roster[1], agree_key=b"\x09" * 32), fed.server_key)
-    bad = msg.sign(msgspec.structs.replace(out.broadcast, roster=roster), fed.server_key)
+    meter = min(out.direct)
+    request = out.direct[meter]
+    assert isinstance(request, msg.ShareRequest)
+    roster = list(request.roster)
+    # The meter's neighbours get only their own and their neighbours' advertisements.
+    assert len(roster) < 10 or len(roster) == len(fed.clients)
+    other = next(i for i, adv in enumerate(roster) if adv.meter != meter)
+    roster[other] = msg.sign(
+        msgspec.structs.replace(roster[other], agree_key=b"\x09" * 32), fed.server_key
+    )
+    bad = msg.sign(msgspec.structs.replace(request, roster=roster), fed.server_key)
     with pytest.raises(ProtocolError, match="bad signature on AdvertiseKeys"):
-        fed.clients[roster[0].meter].share_keys(bad)
+        fed.clients[meter].share_keys(bad)
 
 
 # ---- forged, replayed and out-of-order messages -------------------------------------
@@ -436,8 +443,9 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     with pytest.raises(ProtocolError, match="out of order: ADVERTISE message during SHARE"):
         fed.server.receive(_wire(again), 0.0)
     # A message whose stage field lies about its type.
-    assert isinstance(out.broadcast, msg.ShareRequest)
-    share = fed.clients[m].share_keys(out.broadcast)
+    share_req = out.direct[m]
+    assert isinstance(share_req, msg.ShareRequest)
+    share = fed.clients[m].share_keys(share_req)
     lying = msg.sign(msgspec.structs.replace(share, stage=Stage.ADVERTISE), fed.meter_keys[m])
     with pytest.raises(ProtocolError, match="claims stage"):
         fed.server.receive(_wire(lying), 0.0)
@@ -458,16 +466,17 @@ def test_client_rejects_forged_replayed_and_out_of_order_requests(
     old_adv = fed.requests[Stage.ADVERTISE][m]
     assert isinstance(old_adv, msg.AdvertiseRequest)
     out = run_round(fed, 2, inputs, until=Stage.SHARE)
-    assert isinstance(out.broadcast, msg.ShareRequest)
+    share_req = out.direct[m]
+    assert isinstance(share_req, msg.ShareRequest)
     with pytest.raises(ProtocolError, match="replayed round: round 1 not after round 2"):
         client.advertise(old_adv)
     # Round 1's share request, replayed in round 2.
-    old_share = msgspec.structs.replace(out.broadcast, round=1)
+    old_share = msgspec.structs.replace(share_req, round=1)
     with pytest.raises(ProtocolError, match="replayed or out-of-round"):
         client.share_keys(msg.sign(old_share, fed.server_key))
     # Signed by someone other than the server.
     with pytest.raises(ProtocolError, match="bad signature on ShareRequest"):
-        client.share_keys(msg.sign(out.broadcast, fed.meter_keys[m]))
+        client.share_keys(msg.sign(share_req, fed.meter_keys[m]))
     # The unmasking request before the masked input.
     early = msg.UnmaskRequest(
         v=1, session=SESSION, round=2, stage=Stage.UNMASK, sig=b"", survivors=[], dropped=[]
@@ -476,7 +485,7 @@ def test_client_rejects_forged_replayed_and_out_of_order_requests(
         client.unmask(msg.sign(early, fed.server_key))
     assert caplog.text.count(f"secagg meter {m}: rejected") == 4
     # After all that, the genuine request is still accepted.
-    assert client.share_keys(out.broadcast).meter == m
+    assert client.share_keys(share_req).meter == m
 
 
 # ---- privacy of one meter's masked vector -------------------------------------------
