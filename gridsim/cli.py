@@ -260,6 +260,7 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         on_result=progress.round_done,
         ledger=ledger,
         signing_key=key,
+        state_dir=out,
     )
     with ledger:
         report = asyncio.run(agg.run())

@@ -190,6 +190,7 @@ async def run_federation(
         on_result=progress.round_done if progress else None,
         ledger=ledger,
         signing_key=signing_key or Ed25519PrivateKey.generate(),
+        state_dir=Path(cfg.out) if cfg.out else None,
         plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
     )
     agg_task = asyncio.create_task(aggregator.run())

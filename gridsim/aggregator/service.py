@@ -15,10 +15,12 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -97,6 +99,7 @@ class Aggregator:
         ledger: LedgerWriter | None = None,
         signing_key: Ed25519PrivateKey | None = None,
         plaintext: Callable[[int], Mapping[int, MaskArray]] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.config = config
         self.topics = Topics(config.session)
@@ -109,6 +112,15 @@ class Aggregator:
         # A ledger continues where it stopped: rounds keep increasing across restarts.
         last = ledger.last_round(config.session) if ledger else None
         self.first_round = 0 if last is None else last + 1
+        # Meters refuse a secure-aggregation round number they have seen, so a
+        # restarted aggregator also skips rounds it started but never recorded.
+        self._started_path = state_dir / "last_started_round" if state_dir else None
+        if self._started_path is not None and self._started_path.exists():
+            try:
+                started = int(self._started_path.read_text().strip())
+            except ValueError:
+                raise RoundError(f"{self._started_path} is not a round number") from None
+            self.first_round = max(self.first_round, started + 1)
         self.secagg: SecAggServer | None = None
         self._secagg_key = b""
         self._secagg_broadcast = b""
@@ -295,8 +307,20 @@ class Aggregator:
         k = max(self.config.min_meters, math.ceil(self.config.fraction * len(online)))
         return sorted(self._rng.sample(online, min(k, len(online))))
 
+    def _mark_started(self, number: int) -> None:
+        path = self._started_path
+        if path is None:
+            return
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w") as f:
+            f.write(f"{number}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config
+        self._mark_started(number)
         selected = self._select(train)
         secure = train and self.secagg is not None
         rnd = FedAvgRound(
