@@ -71,10 +71,10 @@ def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def _system(args: argparse.Namespace, out: Path, *, secagg: bool) -> dict[str, Any]:
+    """Run the whole system once and summarise its rounds."""
     from gridsim.run import run as run_system
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gridsim-bench-"))
     cfg = RunConfig(
         meters=args.meters,
         rounds=args.rounds,
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers,
         centralized_baseline=False,
         out=str(out),
+        secagg=secagg,
     )
     summary = run_system(cfg)
     import csv
@@ -92,25 +93,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     walls = [float(r["wall_s"]) for r in rows]
     msgs = sum(2 * int(r["participants"]) + 1 for r in rows)
     update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
+    return {
+        "secagg": secagg,
+        "median_round_s": statistics.median(walls),
+        "max_round_s": max(walls),
+        "median_train_s": _median(rows, "train_s"),
+        "median_transport_s": _median(rows, "transport_s"),
+        "median_aggregate_s": _median(rows, "aggregate_s"),
+        "messages_per_s": msgs / sum(walls),
+        "payload_mb_per_s": msgs * update_bytes / sum(walls) / 1e6,
+        "run_wall_s": summary["wall_s"],
+        "peak_rss_mb": summary["peak_rss_mb"],
+        "final_rmse": summary["metrics"]["rmse"],
+        "rounds_abandoned": summary["secagg"].get("rounds_abandoned", 0),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gridsim-bench-"))
+    plain = _system(args, out / "plain", secagg=False)
+    secure = _system(args, out / "secagg", secagg=True)
+    cfg = RunConfig(meters=args.meters, rounds=args.rounds, seed=args.seed)
     result: dict[str, Any] = {
         "benchmark": "e2e",
         "meters": args.meters,
         "rounds": args.rounds,
-        "model_parameters": update_bytes // 4,
+        "model_parameters": int(np.load(out / "plain" / "model.npy").shape[0]),
         "broker": "mosquitto",
         "torch_threads": torch.get_num_threads(),
-        "gridsim": {
-            "median_round_s": statistics.median(walls),
-            "max_round_s": max(walls),
-            "median_train_s": _median(rows, "train_s"),
-            "median_transport_s": _median(rows, "transport_s"),
-            "median_aggregate_s": _median(rows, "aggregate_s"),
-            "messages_per_s": msgs / sum(walls),
-            "payload_mb_per_s": msgs * update_bytes / sum(walls) / 1e6,
-            "run_wall_s": summary["wall_s"],
-            "peak_rss_mb": summary["peak_rss_mb"],
-            "final_rmse": summary["metrics"]["rmse"],
-        },
+        "gridsim": plain,
+        "gridsim_secagg": secure,
+        "secagg_round_overhead": secure["median_round_s"] / plain["median_round_s"],
         "local_training": _local_training(cfg, args.loop_sample),
     }
     if args.flower_rounds > 0:
@@ -124,6 +137,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         flower_round = result["flower"].get("median_round_s")
         if flower_round:
-            result["gridsim_vs_flower_round_speedup"] = flower_round / statistics.median(walls)
+            result["gridsim_vs_flower_round_speedup"] = flower_round / plain["median_round_s"]
     (out / "bench_e2e.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
