@@ -402,6 +402,11 @@ class _EpsilonCheck:
     """Follows the privacy budget through the round records, block by block."""
 
     def __init__(self, epsilon_of: EpsilonOf | None) -> None:
+        if epsilon_of is None:
+            # By default the privacy accountant recomputes what each record claims.
+            from gridsim.privacy.accounting import epsilon_from_record
+
+            epsilon_of = epsilon_from_record
         self.epsilon_of = epsilon_of
         self.last: dict[str, float] = {}
         self.rounds: dict[str, int] = {}

@@ -55,8 +55,8 @@ import dataclasses
 import functools
 import math
 import operator
-from collections.abc import Callable, Collection, Hashable, Iterable
-from typing import Literal, TypeAlias
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping
+from typing import Any, Literal, TypeAlias
 
 import dp_accounting  # type: ignore[import-untyped]
 import numpy as np
@@ -1055,3 +1055,49 @@ def _positive_int(name: str, value: int) -> int:
     if n == 0:
         raise InvalidInputError(f"{name} must be positive")
     return n
+
+
+def epsilon_from_record(dp: Mapping[str, Any], rounds: int) -> float:
+    """Epsilon spent after ``rounds`` rounds, recomputed from a ledger's DP parameters.
+
+    ``dp`` is a round record's ``dp`` dict: ``{"mode": "off"}`` spends nothing;
+    ``central`` and ``local`` need ``noise_multiplier``, ``sampling_rate``, ``delta``
+    (and optionally ``accountant``); ``distributed`` also needs the DDGauss setup
+    (``dimension``, ``clip_norm``, ``gamma``, ``beta``, ``noise_shares``). This is
+    what ``python -m gridsim audit`` uses to check the epsilon each record claims.
+    """
+    try:
+        key = tuple(sorted(dp.items()))
+        hash(key)
+    except TypeError:
+        raise ValueError("DP parameters must be flat scalars") from None
+    return _epsilon_from_items(key, rounds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_from_items(items: tuple[tuple[str, Any], ...], rounds: int) -> float:
+    dp = dict(items)
+    mode = dp.get("mode", "off")
+    if mode == "off":
+        return 0.0
+    if mode not in ("central", "local", "distributed"):
+        raise ValueError(f"unknown DP mode {mode!r}")
+    setup = None
+    if mode == "distributed":
+        setup = DDGaussSetup(
+            dimension=int(dp["dimension"]),
+            clip_norm=float(dp["clip_norm"]),
+            gamma=float(dp["gamma"]),
+            beta=float(dp["beta"]),
+            noise_shares=int(dp["noise_shares"]),
+        )
+    accountant = dp.get("accountant") or default_accountant(mode)
+    return epsilon(
+        mode,
+        float(dp["noise_multiplier"]),
+        float(dp["sampling_rate"]),
+        rounds,
+        float(dp["delta"]),
+        accountant,
+        ddgauss=setup,
+    )

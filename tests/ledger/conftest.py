@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gridsim.ledger import LedgerWriter, MeterContribution, RoundRecord
+from gridsim.privacy.accounting import epsilon_from_record
 
 ORIGIN = "gridsim.test/ledger"
 SESSION = "s1"
@@ -55,13 +56,25 @@ def round_entries(
             participants=list(range(meters)),
             dropouts=[meters],
             secagg={"threshold": 2, "neighbours": meters, "bits": 32},
-            dp={"mode": "central", "noise_multiplier": 1.1, "clip": 1.0, "delta": 1e-5},
-            epsilon_spent=0.25 * (round_no + 1) if epsilon is None else epsilon,
+            dp=DP_PARAMS,
+            epsilon_spent=epsilon_from_record(DP_PARAMS, round_no + 1)
+            if epsilon is None
+            else epsilon,
             aggregate_sha256=hashlib.sha256(b"aggregate %d" % round_no).digest(),
             model_sha256=hashlib.sha256(b"model %d" % round_no).digest(),
         )
     )
     return entries
+
+
+DP_PARAMS = {
+    "mode": "central",
+    "noise_multiplier": 1.1,
+    "sampling_rate": 0.1,
+    "delta": 1e-5,
+    "accountant": "rdp",
+}
+"""DP-FedAvg parameters recorded in the test ledgers; their epsilon is the real one."""
 
 
 def build_ledger(path: Path, *, rounds: int, meters: int, key_seed: int = 0) -> Path:

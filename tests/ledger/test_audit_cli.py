@@ -9,8 +9,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gridsim.ledger.audit import main
+from gridsim.privacy.accounting import epsilon_from_record
 
-from .conftest import build_ledger, ledger_key
+from .conftest import DP_PARAMS, build_ledger, ledger_key
 
 
 def test_intact_ledger_exits_0_with_one_line(
@@ -20,7 +21,7 @@ def test_intact_ledger_exits_0_with_one_line(
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
     assert out[0].startswith(f"OK {small_ledger}: 3 blocks, 12 entries, root ")
-    assert out[0].endswith(", epsilon spent 0.75")
+    assert out[0].endswith(f", epsilon spent {epsilon_from_record(DP_PARAMS, 3):g}")
     assert out[1].startswith("  note: signatures were checked against key.pub")
     assert main([str(small_ledger), "--public-key", str(small_ledger / "key.pub")]) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1

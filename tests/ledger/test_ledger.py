@@ -12,8 +12,9 @@ from gridsim.ledger import LedgerWriter, audit
 from gridsim.ledger.audit import read_ledger
 from gridsim.ledger.checkpoint import NoteSigner, TreeHead, sign_head, verify_head
 from gridsim.ledger.entries import encode_entry, frame, read_frames
+from gridsim.privacy.accounting import epsilon_from_record
 
-from .conftest import ORIGIN, build_ledger, ledger_key, round_entries, ticking_clock
+from .conftest import DP_PARAMS, ORIGIN, build_ledger, ledger_key, round_entries, ticking_clock
 
 VERIFIER = NoteSigner(ORIGIN, ledger_key(0)).verifier
 
@@ -30,7 +31,7 @@ def test_a_ledger_of_several_rounds_audits_clean(small_ledger: Path) -> None:
     report = audit(small_ledger, public_key=ledger_key(0).public_key())
     assert report.ok, report.problem
     assert (report.blocks, report.tree_size, report.warnings) == (3, 12, [])
-    assert report.epsilon_spent == pytest.approx(0.75)
+    assert report.epsilon_spent == pytest.approx(epsilon_from_record(DP_PARAMS, 3))
     assert report.line().startswith(f"OK {small_ledger}: 3 blocks, 12 entries, root ")
     assert report.summary() == {
         "path": str(small_ledger),
@@ -259,19 +260,20 @@ def test_contribution_with_a_bad_meter_signature_is_named(tmp_path: Path) -> Non
 
 
 def test_epsilon_is_recomputed_with_the_given_accountant(small_ledger: Path) -> None:
-    def linear(dp: object, rounds: int) -> float:
-        return 0.25 * rounds
+    # By default the privacy accountant recomputes every record's epsilon.
+    assert audit(small_ledger).ok
 
-    assert audit(small_ledger, epsilon_of=linear).ok
+    def real(rounds: int) -> float:
+        return epsilon_from_record(DP_PARAMS, rounds)
 
     def stingy(dp: object, rounds: int) -> float:
-        return 0.25 * rounds if rounds < 2 else 0.1 * rounds
+        return real(rounds) if rounds < 2 else 0.1 * rounds
 
     report = audit(small_ledger, epsilon_of=stingy)
     assert not report.ok
     assert report.problem == (
-        "block 1, entry 7 (record of round 1): records epsilon 0.5 but its DP parameters "
-        "give 0.2 after 2 rounds"
+        f"block 1, entry 7 (record of round 1): records epsilon {real(2):g} but its DP "
+        "parameters give 0.2 after 2 rounds"
     )
 
 
@@ -279,8 +281,21 @@ def test_falling_epsilon_is_caught_without_an_accountant(tmp_path: Path) -> None
     with LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as writer:
         writer.append_block(round_entries(0, meters=2, epsilon=1.0))
         writer.append_block(round_entries(1, meters=2, epsilon=0.5))
-    report = audit(tmp_path / "l")
+    # An accountant that agrees with both records still cannot make epsilon fall.
+    report = audit(tmp_path / "l", epsilon_of=lambda dp, rounds: {1: 1.0, 2: 0.5}[rounds])
     assert not report.ok
     assert report.problem == (
         "block 1, entry 5 (record of round 1): epsilon spent falls from 1 to 0.5"
+    )
+
+
+def test_an_understated_epsilon_is_caught_by_the_default_accountant(tmp_path: Path) -> None:
+    with LedgerWriter(tmp_path / "l", ledger_key(0), ORIGIN, clock_ms=ticking_clock()) as writer:
+        writer.append_block(round_entries(0, meters=2, epsilon=0.01))
+    report = audit(tmp_path / "l")
+    assert not report.ok
+    real = epsilon_from_record(DP_PARAMS, 1)
+    assert report.problem == (
+        "block 0, entry 2 (record of round 0): records epsilon 0.01 but its DP parameters "
+        f"give {real:g} after 1 rounds"
     )
