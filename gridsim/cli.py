@@ -84,6 +84,31 @@ def _add_secagg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dp(p: argparse.ArgumentParser) -> None:
+    d = RunConfig()
+    p.add_argument(
+        "--dp",
+        choices=["off", "central", "local"],
+        default=d.dp,
+        help="meter-level differential privacy of the model (central: DP-FedAvg noise on "
+        "the sum; local: each meter noises its own update)",
+    )
+    p.add_argument(
+        "--epsilon",
+        type=float,
+        help="privacy budget of the run: the noise is calibrated to it before it starts",
+    )
+    p.add_argument("--delta", type=float, default=d.delta, help="DP delta")
+    p.add_argument(
+        "--noise-multiplier",
+        type=float,
+        help="noise sd over the clip norm, instead of --epsilon (the run reports its epsilon)",
+    )
+    p.add_argument(
+        "--clip-norm", type=float, default=d.clip_norm, help="L2 bound of each meter's update"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gridsim", description="Privacy-preserving smart-grid edge simulator."
@@ -123,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     _add_training(run)
     _add_secagg(run)
+    _add_dp(run)
 
     meters = sub.add_parser(
         "meters", help="run meter agents against an existing broker", formatter_class=fmt
@@ -144,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(agg)
     _add_training(agg)
     _add_secagg(agg)
+    _add_dp(agg)
 
     audit = sub.add_parser("audit", help="verify a run's ledger (exit 0 intact, 1 tampered)")
     from gridsim.ledger.audit import configure_parser
@@ -190,6 +217,11 @@ def _run_config(args: argparse.Namespace, **extra: object) -> RunConfig:
         secagg_neighbors=getattr(args, "secagg_neighbors", None),
         secagg_clip=getattr(args, "secagg_clip", 0.5),
         verify=getattr(args, "verify", False),
+        dp=getattr(args, "dp", "off"),
+        epsilon=getattr(args, "epsilon", None),
+        delta=getattr(args, "delta", 1e-5),
+        noise_multiplier=getattr(args, "noise_multiplier", None),
+        clip_norm=getattr(args, "clip_norm", 1.0),
         out=getattr(args, "out", None),
     ).validate()
 
@@ -225,17 +257,17 @@ def _cmd_meters(args: argparse.Namespace) -> int:
 
 def _cmd_aggregator(args: argparse.Namespace) -> int:
     from gridsim.aggregator.service import Aggregator, AggregatorConfig
-    from gridsim.learning.batched import TrainConfig
     from gridsim.learning.model import initial_parameters
     from gridsim.ledger.writer import LedgerWriter
     from gridsim.progress import Progress
-    from gridsim.run import aggregator_key, default_out_dir, secagg_config
+    from gridsim.run import aggregator_key, default_out_dir, dp_settings, secagg_config, train_plan
     from gridsim.transport.broker import parse_broker_url
 
     if not args.session:
         raise ConfigError("--session is required so meters and aggregator find each other")
     cfg = _run_config(args)
     initial = initial_parameters(cfg.seed)
+    dp = dp_settings(cfg)
     agg_cfg = AggregatorConfig(
         session=args.session,
         rounds=cfg.rounds,
@@ -244,9 +276,10 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         fraction=cfg.fraction,
         round_timeout_s=cfg.round_timeout_s,
         registration_timeout_s=cfg.registration_timeout_s,
-        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        plan=train_plan(cfg, dp),
         seed=cfg.seed,
         secagg=secagg_config(cfg, int(initial.shape[0])),
+        dp=dp,
     )
     out = Path(args.out) if args.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,11 @@ class RunConfig:
     secagg_neighbors: str | None = None  # an even degree k, "all", or None for the default
     secagg_clip: float = 0.5
     verify: bool = False
+    dp: str = "off"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
     out: str | None = None
 
     def validate(self) -> RunConfig:

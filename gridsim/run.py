@@ -34,6 +34,7 @@ from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
+from gridsim.privacy.settings import DPSettings, resolve_dp
 from gridsim.progress import Progress
 from gridsim.secagg.masking import max_scale
 from gridsim.secagg.server import SecAggConfig
@@ -130,6 +131,46 @@ def open_ledger(out: Path, session: str) -> LedgerWriter:
     return LedgerWriter(out / "ledger", aggregator_key(out), origin=f"gridsim.local/{session}")
 
 
+def dp_settings(cfg: RunConfig) -> DPSettings | None:
+    """The run's DP settings, with the noise calibrated to ``--epsilon`` if given."""
+    return resolve_dp(
+        cfg.dp,
+        epsilon=cfg.epsilon,
+        delta=cfg.delta,
+        noise_multiplier=cfg.noise_multiplier,
+        clip_norm=cfg.clip_norm,
+        sampling_rate=cfg.fraction,
+        rounds=cfg.rounds,
+    )
+
+
+def train_plan(cfg: RunConfig, dp: DPSettings | None) -> TrainConfig:
+    """What meters train with: clipped under DP, and noised by themselves in local mode."""
+    return TrainConfig(
+        cfg.local_epochs,
+        cfg.batch_size,
+        cfg.lr,
+        clip_norm=dp.clip_norm if dp else 0.0,
+        local_noise=dp.sigma if dp and dp.mode == "local" else 0.0,
+    )
+
+
+def dp_summary(dp: DPSettings | None, report: AggregatorReport) -> dict[str, Any]:
+    """``summary.json``'s ``dp``: enough to recompute epsilon independently."""
+    if dp is None:
+        return {"mode": "off"}
+    from gridsim.privacy.settings import ACCOUNTANT
+
+    return {
+        **dp.record(),
+        "epsilon": dp.epsilon_after(report.dp_released),
+        "budget": dp.budget,
+        "accountant": ACCOUNTANT,
+        "rounds": report.dp_released,
+        "stopped": report.dp_stopped,
+    }
+
+
 def secagg_config(cfg: RunConfig, dim: int) -> SecAggConfig | None:
     """Secure aggregation settings for a run (None with ``--no-secagg``)."""
     if not cfg.secagg:
@@ -171,6 +212,7 @@ async def run_federation(
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
+    dp = dp_settings(cfg)
     agg_cfg = AggregatorConfig(
         session=session,
         rounds=cfg.rounds,
@@ -179,9 +221,10 @@ async def run_federation(
         fraction=cfg.fraction,
         round_timeout_s=cfg.round_timeout_s,
         registration_timeout_s=cfg.registration_timeout_s,
-        plan=TrainConfig(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        plan=train_plan(cfg, dp),
         seed=cfg.seed,
         secagg=secagg_config(cfg, int(initial.shape[0])),
+        dp=dp,
     )
     aggregator = Aggregator(
         address,
@@ -372,6 +415,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "meter_stats": fleet,
         "ledger": audit(out / "ledger").summary(),
         "secagg": secagg_summary(cfg, report),
+        "dp": dp_summary(dp_settings(cfg), report),
     }
     summary = dict(_clean(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

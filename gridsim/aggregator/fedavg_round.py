@@ -53,6 +53,7 @@ class FedAvgRound:
         train: bool,
         run: str = "0",
         secure: bool = False,
+        uniform: bool = False,
     ) -> None:
         if not selected:
             raise RoundError(f"round {round_} has no meters to select")
@@ -61,6 +62,9 @@ class FedAvgRound:
         self.train = train
         # Secure rounds get the sum from secure aggregation; updates carry no delta.
         self.secure = secure
+        # DP-FedAvg: every update counts once and the sum is divided by the number
+        # selected (fixed before the round), so one meter's influence is bounded.
+        self.uniform = uniform
         self.selected = sorted(set(selected))
         self._selected = set(self.selected)
         self.model = model
@@ -94,7 +98,8 @@ class FedAvgRound:
                 except MessageError as exc:
                     self.rejected += 1
                     return str(exc)
-                _core.accumulate_weighted(self._acc, delta, float(msg.n_samples))
+                weight = 1.0 if self.uniform else float(msg.n_samples)
+                _core.accumulate_weighted(self._acc, delta, weight)
             if self.train:
                 self._weight += msg.n_samples
                 self._loss_sum += msg.train_loss * msg.n_samples
@@ -134,32 +139,42 @@ class FedAvgRound:
         return not self.pending()
 
     def close(
-        self, secure_sum: npt.NDArray[np.float64] | None = None, survivors: Sequence[int] = ()
+        self,
+        secure_sum: npt.NDArray[np.float64] | None = None,
+        survivors: Sequence[int] = (),
+        noise: npt.NDArray[np.float64] | None = None,
     ) -> RoundOutcome:
         """The new global model and the round's record.
 
         Plain rounds: FedAvg weighted by samples over the updates received. Secure
         rounds: ``secure_sum`` (the unmasked sum of the ``survivors``' deltas, None if
         the round was abandoned) averaged with equal weights, since the aggregator
-        never sees a single delta to weight.
+        never sees a single delta to weight. ``uniform`` rounds (DP) divide the sum
+        by the number selected; ``noise`` (central DP) is added to the sum first.
         """
         start = time.perf_counter()
         self.closed = True
         mean_delta = np.zeros(0, dtype=np.float32)
         loss = self._loss_sum / self._weight if self._weight > 0 else math.nan
         new = self.model
+        total: npt.NDArray[np.float64] | None = None
         if self.secure:
             participants = sorted(survivors) if secure_sum is not None else []
             if secure_sum is not None and participants:
-                mean_delta = (secure_sum / len(participants)).astype(np.float32)
-                new = (self.model.astype(np.float64) + secure_sum / len(participants)).astype(
-                    np.float32
-                )
+                total, count = secure_sum, float(len(participants))
         else:
             participants = sorted(self._answered)
             if self.train and self._weight > 0:
-                mean_delta = (self._acc / self._weight).astype(np.float32)
-                new = (self.model.astype(np.float64) + self._acc / self._weight).astype(np.float32)
+                total = self._acc
+                count = float(len(participants)) if self.uniform else float(self._weight)
+        if total is not None:
+            if self.uniform:
+                count = float(len(self.selected))
+            if noise is not None:
+                total = total + noise
+            mean = total / count
+            mean_delta = mean.astype(np.float32)
+            new = (self.model.astype(np.float64) + mean).astype(np.float32)
         contributions = {
             m: self._contributions[m] for m in participants if m in self._contributions
         }

@@ -40,6 +40,8 @@ from gridsim.learning.model import model_hash
 from gridsim.ledger.entries import MeterContribution, RoundRecord
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.identity import raw_public_key
+from gridsim.privacy.discrete_gaussian import gaussian_noise
+from gridsim.privacy.settings import DPSettings
 from gridsim.secagg import messages as sa
 from gridsim.secagg.masking import MaskArray
 from gridsim.secagg.server import Outbox, SecAggConfig, SecAggServer
@@ -65,6 +67,8 @@ class AggregatorConfig:
     seed: int = 0
     # Secure aggregation of the training rounds (None: updates travel in the clear).
     secagg: SecAggConfig | None = None
+    # Differential privacy (None: off); the plan's clip and local noise follow it.
+    dp: DPSettings | None = None
 
 
 @dataclasses.dataclass
@@ -86,6 +90,8 @@ class AggregatorReport:
     reconnects: int
     secagg_stats: SecAggStats = dataclasses.field(default_factory=SecAggStats)
     secagg_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dp_released: int = 0
+    dp_stopped: str | None = None
 
 
 class Aggregator:
@@ -132,6 +138,8 @@ class Aggregator:
         # Simulation only (--verify): each meter's quantised input of a round.
         self.plaintext = plaintext
         self.secagg_stats = SecAggStats()
+        self.dp_released = 0  # rounds whose aggregate was published under DP
+        self.dp_stopped: str | None = None
         self.offline: set[int] = set()
         self.rejected_messages = 0
         self.results: list[codec.RoundResult] = []
@@ -307,6 +315,21 @@ class Aggregator:
         k = max(self.config.min_meters, math.ceil(self.config.fraction * len(online)))
         return sorted(self._rng.sample(online, min(k, len(online))))
 
+    def _budget_spent(self) -> bool:
+        """Whether one more DP round would spend more than the epsilon budget."""
+        dp = self.config.dp
+        if dp is None or dp.budget is None:
+            return False
+        after = dp.epsilon_after(self.dp_released + 1)
+        if after <= dp.budget * (1 + 1e-9):
+            return False
+        self.dp_stopped = (
+            f"stopped after {self.dp_released} rounds: one more would spend epsilon "
+            f"{after:.4g} of a budget of {dp.budget:g}"
+        )
+        log.warning("%s", self.dp_stopped)
+        return True
+
     def _mark_started(self, number: int) -> None:
         path = self._started_path
         if path is None:
@@ -323,6 +346,7 @@ class Aggregator:
         self._mark_started(number)
         selected = self._select(train)
         secure = train and self.secagg is not None
+        dp = cfg.dp if train else None
         rnd = FedAvgRound(
             number,
             selected=selected,
@@ -330,6 +354,7 @@ class Aggregator:
             train=train,
             run=self.run_id,
             secure=secure,
+            uniform=dp is not None,
         )
         announce = codec.RoundAnnounce(
             v=codec.WIRE_VERSION,
@@ -339,7 +364,13 @@ class Aggregator:
             train=train,
             selected=selected,
             deadline_s=cfg.round_timeout_s,
-            plan=codec.TrainPlan(cfg.plan.local_epochs, cfg.plan.batch_size, cfg.plan.lr),
+            plan=codec.TrainPlan(
+                cfg.plan.local_epochs,
+                cfg.plan.batch_size,
+                cfg.plan.lr,
+                cfg.plan.clip_norm,
+                cfg.plan.local_noise,
+            ),
             model=codec.vector_to_bytes(self.model),
             ledger_key=self._ledger_key,
             secagg_key=self._secagg_key if secure else b"",
@@ -356,15 +387,24 @@ class Aggregator:
                 if not (rnd.pending() - self.offline):
                     break
                 await self._wait_changed(deadline - time.monotonic())
-            outcome = rnd.close()
+            outcome = rnd.close(noise=self._central_noise(rnd))
         self._round = None
         self._announce = None
         wall = time.perf_counter() - started
         self.model = outcome.model
+        if train and cfg.dp is not None and outcome.participants:
+            self.dp_released += 1
         if train and self.ledger is not None and outcome.participants:
             await self._record(outcome)
         await self._publish_result(outcome, wall)
         return outcome
+
+    def _central_noise(self, rnd: FedAvgRound) -> npt.NDArray[np.float64] | None:
+        """Central DP: Gaussian noise of sd z*C for the round's sum (exact sampler)."""
+        dp = self.config.dp
+        if dp is None or dp.mode != "central" or not rnd.train:
+            return None
+        return gaussian_noise(dp.sigma, rnd.dim)
 
     async def _publish_secagg(self, out: Outbox) -> None:
         sends = []
@@ -428,7 +468,7 @@ class Aggregator:
         survivors = set(result.survivors)
         while time.monotonic() < deadline and (survivors & rnd.pending()) - self.offline:
             await self._wait_changed(deadline - time.monotonic())
-        outcome = rnd.close(result.values, result.survivors)
+        outcome = rnd.close(result.values, result.survivors, noise=self._central_noise(rnd))
         for meter, (digest, _) in outcome.contributions.items():
             if result.digests.get(meter) != digest:
                 log.error("meter %d signed a payload other than its masked input", meter)
@@ -453,6 +493,7 @@ class Aggregator:
         """Append the round's block to the ledger, then send each meter its receipt."""
         assert self.ledger is not None
         session = self.config.session
+        dp = self.config.dp
         entries: list[MeterContribution | RoundRecord] = [
             MeterContribution(
                 session=session,
@@ -470,8 +511,8 @@ class Aggregator:
                 participants=outcome.participants,
                 dropouts=outcome.dropouts,
                 secagg=self._secagg_params(),
-                dp={"mode": "off"},
-                epsilon_spent=None,
+                dp=dp.record() if dp else {"mode": "off"},
+                epsilon_spent=dp.epsilon_after(self.dp_released) if dp else None,
                 aggregate_sha256=outcome.aggregate_sha256,
                 model_sha256=bytes.fromhex(model_hash(outcome.model)),
             )
@@ -537,6 +578,9 @@ class Aggregator:
             await self._register()
             first, last = self.first_round, self.first_round + self.config.rounds
             for number in range(first, last):
+                if self._budget_spent():
+                    last = number
+                    break
                 outcomes.append(await self._run_round(number, train=True))
             # A last round that only evaluates the final model on every meter.
             outcomes.append(await self._run_round(last, train=False))
@@ -553,5 +597,7 @@ class Aggregator:
             model=self.model,
             reconnects=max(0, self.connection.connects - 1),
             secagg_stats=self.secagg_stats,
+            dp_released=self.dp_released,
+            dp_stopped=self.dp_stopped,
             secagg_params={k: v for k, v in self._secagg_params().items() if k != "enabled"},
         )

@@ -27,6 +27,10 @@ class TrainConfig:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 3e-3
+    # Differential privacy on the meter: clip each update's L2 norm (0: no clip) and,
+    # in local mode, add Gaussian noise of this standard deviation (0: none).
+    clip_norm: float = 0.0
+    local_noise: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)

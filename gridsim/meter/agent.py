@@ -229,7 +229,8 @@ class MeterAgent:
         expected = sum(
             1 for m in local if not msg.train or self._silent_from_for(m, msg.round, secure) != 0
         )
-        plan = TrainConfig(msg.plan.local_epochs, msg.plan.batch_size, msg.plan.lr)
+        p = msg.plan
+        plan = TrainConfig(p.local_epochs, p.batch_size, p.lr, p.clip_norm, p.local_noise)
         answer = await self.pool.request(
             self.meter,
             round_=msg.round,

@@ -20,6 +20,7 @@ import numpy.typing as npt
 from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
 from gridsim.learning.model import Forecaster, ParamLayout
 from gridsim.learning.windows import MeterWindows
+from gridsim.privacy import gaussian_noise
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,21 @@ class _Batch:
     expected: int
     waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
     arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+def privatize(delta: npt.NDArray[np.float32], plan: TrainConfig) -> npt.NDArray[np.float32]:
+    """Each meter's DP step on its own update: clip its L2 norm, then (local mode) noise it.
+
+    Noise comes from :func:`~gridsim.privacy.gaussian_noise` (exact discrete
+    Gaussian on a fine grid, from the Rust CSPRNG sampler), never rounded floats.
+    """
+    out = delta.astype(np.float64)
+    if plan.clip_norm > 0:
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out *= np.minimum(1.0, plan.clip_norm / np.maximum(norms, 1e-30))
+    if plan.local_noise > 0:
+        out += gaussian_noise(plan.local_noise, out.size).reshape(out.shape)
+    return out.astype(np.float32)
 
 
 class TrainingPool:
@@ -119,9 +135,10 @@ class TrainingPool:
         if not batch.train:
             return [MeterAnswer(None, 0, 0.0, 0.0, e) for e in evals]
         result = trainer.train(batch.model, data, seed=self.seed, round_=batch.round)
+        delta = privatize(result.delta, batch.plan)
         return [
             MeterAnswer(
-                delta=result.delta[i],
+                delta=delta[i],
                 n_samples=int(result.n_samples[i]),
                 train_loss=float(result.train_loss[i]),
                 train_s=result.train_s,

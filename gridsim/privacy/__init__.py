@@ -9,7 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gridsim.privacy.discrete_gaussian import discrete_gaussian_pmf, sample_discrete_gaussian
+from gridsim.privacy.discrete_gaussian import (
+    NOISE_GRID,
+    discrete_gaussian_pmf,
+    gaussian_noise,
+    sample_discrete_gaussian,
+)
 
 if TYPE_CHECKING:
     from gridsim.privacy.accounting import (
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = [
+    "NOISE_GRID",
     "DDGaussParameters",
     "DDGaussRounds",
     "DDGaussSetup",
@@ -39,6 +45,7 @@ __all__ = [
     "default_accountant",
     "discrete_gaussian_pmf",
     "epsilon",
+    "gaussian_noise",
     "noise_multiplier_for",
     "padded_dimension",
     "sample_discrete_gaussian",

@@ -119,3 +119,21 @@ def _as_count(name: str, value: int) -> int:
     if count < 0:
         raise InvalidInputError(f"{name} must be non-negative, got {count}")
     return count
+
+
+NOISE_GRID = 2**16
+"""Real-valued noise is drawn as exact discrete Gaussian integers on this grid."""
+
+
+def gaussian_noise(sigma: float, size: int) -> npt.NDArray[np.float64]:
+    """Noise of standard deviation ``sigma`` for real-valued sums, with no floating-point sampler.
+
+    Exact discrete Gaussian samples of scale ``sigma * NOISE_GRID`` divided by
+    ``NOISE_GRID``: a discrete Gaussian on a grid of ``1/65536``, which satisfies the
+    Gaussian mechanism's privacy bounds (Canonne, Kamath, Steinke 2020) without
+    the leaks of floating-point Gaussian samplers (Mironov 2012).
+    """
+    if sigma <= 0:
+        return np.zeros(size, dtype=np.float64)
+    grid = sample_discrete_gaussian(sigma * NOISE_GRID, size)
+    return grid.astype(np.float64) / NOISE_GRID

@@ -58,6 +58,8 @@ class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     local_epochs: Annotated[int, msgspec.Meta(ge=1, le=100)]
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)]
     lr: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
+    clip_norm: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
+    local_noise: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
 class RoundAnnounce(Message, tag="announce", frozen=True):
