@@ -190,14 +190,16 @@ class MeterAgent:
             return
         self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
 
-    def _silent_from(self, round_: int, secure: bool) -> int | None:
-        """The protocol stage from which this meter vanishes this round (None: it stays).
+    def _silent_from(self, round_: int, secure: bool, meter: int | None = None) -> int | None:
+        """The protocol stage from which a meter (this one by default) vanishes this round.
 
-        Without secure aggregation a vanishing meter is silent from the start.
+        None: it stays. Without secure aggregation a vanishing meter is silent from
+        the start.
         """
+        meter = self.meter if meter is None else meter
         if not secure:
-            return 0 if vanishes(self.seed, self.meter, round_, self.dropout) else None
-        return vanish_stage(self.seed, self.meter, round_, self.dropout)
+            return 0 if vanishes(self.seed, meter, round_, self.dropout) else None
+        return vanish_stage(self.seed, meter, round_, self.dropout)
 
     def _start_secagg(self, msg: codec.RoundAnnounce) -> bool:
         """Set up this round's SecAgg+ client (pinning the aggregator's key on first use)."""
@@ -227,7 +229,7 @@ class MeterAgent:
         secure = msg.train and bool(msg.secagg_key)
         local = self.pool.local(msg.selected)
         expected = sum(
-            1 for m in local if not msg.train or self._silent_from_for(m, msg.round, secure) != 0
+            1 for m in local if not msg.train or self._silent_from(msg.round, secure, m) != 0
         )
         p = msg.plan
         plan = TrainConfig(p.local_epochs, p.batch_size, p.lr, p.clip_norm, p.local_noise)
@@ -246,11 +248,6 @@ class MeterAgent:
             return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
         await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
-
-    def _silent_from_for(self, meter: int, round_: int, secure: bool) -> int | None:
-        if not secure:
-            return 0 if vanishes(self.seed, meter, round_, self.dropout) else None
-        return vanish_stage(self.seed, meter, round_, self.dropout)
 
     async def _send_update(
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
