@@ -159,11 +159,19 @@ def dp_summary(dp: DPSettings | None, report: AggregatorReport) -> dict[str, Any
     """``summary.json``'s ``dp``: enough to recompute epsilon independently."""
     if dp is None:
         return {"mode": "off"}
+    from gridsim.privacy.accounting import epsilon as account
     from gridsim.privacy.settings import ACCOUNTANT
 
+    rounds = report.dp_released
     return {
         **dp.record(),
-        "epsilon": dp.epsilon_after(report.dp_released),
+        "epsilon": dp.epsilon_after(rounds),
+        # The tighter PLD accountant as a cross-check (never above the RDP figure).
+        "epsilon_pld": account(
+            dp.mode, dp.noise_multiplier, dp.sampling_rate, rounds, dp.delta, "pld"
+        )
+        if rounds > 0 and dp.mode == "central"
+        else None,
         "budget": dp.budget,
         "accountant": ACCOUNTANT,
         "rounds": report.dp_released,

@@ -70,6 +70,7 @@ def test_central_dp_run_spends_at_most_its_budget_and_the_ledger_agrees(
     dp = summary["dp"]
     assert dp["mode"] == "central" and dp["rounds"] == 3
     assert 3.9 < dp["epsilon"] <= 4.0
+    assert 0 < dp["epsilon_pld"] <= dp["epsilon"]
     assert epsilon_from_record(
         {
             k: dp[k]
