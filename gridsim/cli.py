@@ -256,35 +256,34 @@ def _cmd_meters(args: argparse.Namespace) -> int:
 
 
 def _cmd_aggregator(args: argparse.Namespace) -> int:
-    from gridsim.aggregator.service import Aggregator, AggregatorConfig
+    from gridsim.aggregator.service import Aggregator
     from gridsim.learning.model import initial_parameters
-    from gridsim.ledger.writer import LedgerWriter
     from gridsim.progress import Progress
-    from gridsim.run import aggregator_key, default_out_dir, dp_settings, secagg_config, train_plan
+    from gridsim.run import (
+        aggregator_config,
+        aggregator_key,
+        default_out_dir,
+        dp_settings,
+        open_ledger,
+    )
     from gridsim.transport.broker import parse_broker_url
 
     if not args.session:
         raise ConfigError("--session is required so meters and aggregator find each other")
     cfg = _run_config(args)
     initial = initial_parameters(cfg.seed)
-    dp = dp_settings(cfg)
-    agg_cfg = AggregatorConfig(
-        session=args.session,
-        rounds=cfg.rounds,
+    agg_cfg = aggregator_config(
+        cfg,
+        args.session,
+        dp_settings(cfg),
+        dim=int(initial.shape[0]),
         expected_meters=args.meters,
         min_meters=args.min_meters or args.meters,
-        fraction=cfg.fraction,
-        round_timeout_s=cfg.round_timeout_s,
-        registration_timeout_s=cfg.registration_timeout_s,
-        plan=train_plan(cfg, dp),
-        seed=cfg.seed,
-        secagg=secagg_config(cfg, int(initial.shape[0])),
-        dp=dp,
     )
     out = Path(args.out) if args.out else default_out_dir()
     out.mkdir(parents=True, exist_ok=True)
     key = aggregator_key(out)
-    ledger = LedgerWriter(out / "ledger", key, origin=f"gridsim.local/{args.session}")
+    ledger = open_ledger(out, args.session, key)
     progress = Progress(cfg.rounds, args.meters)
     agg = Aggregator(
         parse_broker_url(args.broker),

@@ -126,9 +126,34 @@ def aggregator_key(out: Path) -> Ed25519PrivateKey:
     return key
 
 
-def open_ledger(out: Path, session: str) -> LedgerWriter:
-    """``OUT/ledger``, signed with :func:`aggregator_key`."""
-    return LedgerWriter(out / "ledger", aggregator_key(out), origin=f"gridsim.local/{session}")
+def open_ledger(out: Path, session: str, key: Ed25519PrivateKey) -> LedgerWriter:
+    """``OUT/ledger``, its heads signed with the aggregator's ``key``."""
+    return LedgerWriter(out / "ledger", key, origin=f"gridsim.local/{session}")
+
+
+def aggregator_config(
+    cfg: RunConfig,
+    session: str,
+    dp: DPSettings | None,
+    *,
+    dim: int,
+    expected_meters: int,
+    min_meters: int,
+) -> AggregatorConfig:
+    """The aggregator's settings for a run (``run`` and the ``aggregator`` command)."""
+    return AggregatorConfig(
+        session=session,
+        rounds=cfg.rounds,
+        expected_meters=expected_meters,
+        min_meters=min_meters,
+        fraction=cfg.fraction,
+        round_timeout_s=cfg.round_timeout_s,
+        registration_timeout_s=cfg.registration_timeout_s,
+        plan=train_plan(cfg, dp),
+        seed=cfg.seed,
+        secagg=secagg_config(cfg, dim),
+        dp=dp,
+    )
 
 
 def dp_settings(cfg: RunConfig) -> DPSettings | None:
@@ -206,9 +231,10 @@ async def run_federation(
     cfg: RunConfig,
     address: BrokerAddress,
     session: str,
+    signing_key: Ed25519PrivateKey,
+    dp: DPSettings | None,
     progress: Progress | None = None,
     ledger: LedgerWriter | None = None,
-    signing_key: Ed25519PrivateKey | None = None,
 ) -> tuple[AggregatorReport, dict[str, int]]:
     """The aggregator in this process, meters here or in ``cfg.workers`` processes."""
     initial = initial_parameters(cfg.seed)
@@ -220,19 +246,13 @@ async def run_federation(
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
-    dp = dp_settings(cfg)
-    agg_cfg = AggregatorConfig(
-        session=session,
-        rounds=cfg.rounds,
+    agg_cfg = aggregator_config(
+        cfg,
+        session,
+        dp,
+        dim=int(initial.shape[0]),
         expected_meters=cfg.meters,
         min_meters=max(1, math.ceil(cfg.meters * 0.5)),
-        fraction=cfg.fraction,
-        round_timeout_s=cfg.round_timeout_s,
-        registration_timeout_s=cfg.registration_timeout_s,
-        plan=train_plan(cfg, dp),
-        seed=cfg.seed,
-        secagg=secagg_config(cfg, int(initial.shape[0])),
-        dp=dp,
     )
     aggregator = Aggregator(
         address,
@@ -240,7 +260,7 @@ async def run_federation(
         initial,
         on_result=progress.round_done if progress else None,
         ledger=ledger,
-        signing_key=signing_key or Ed25519PrivateKey.generate(),
+        signing_key=signing_key,
         state_dir=Path(cfg.out) if cfg.out else None,
         plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
     )
@@ -371,12 +391,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     raise_open_file_limit()
     progress = Progress(cfg.rounds, cfg.meters, stream=sys.stderr)
     started = time.perf_counter()
+    # One key signs the ledger's heads and the secure-aggregation requests.
+    key = aggregator_key(out)
+    dp = dp_settings(cfg)  # calibrated to the budget before anything runs
     with (
-        open_ledger(out, session) as ledger,
+        open_ledger(out, session, key) as ledger,
         broker_for_run(cfg.broker, cfg.broker_kind) as address,
     ):
         log.info("broker %s, session %s, out %s", address.redacted_url, session, out)
-        report, fleet = asyncio.run(run_federation(cfg, address, session, progress, ledger))
+        report, fleet = asyncio.run(
+            run_federation(cfg, address, session, key, dp, progress, ledger)
+        )
     wall = time.perf_counter() - started
     progress.close()
 
@@ -423,7 +448,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         "meter_stats": fleet,
         "ledger": audit(out / "ledger").summary(),
         "secagg": secagg_summary(cfg, report),
-        "dp": dp_summary(dp_settings(cfg), report),
+        "dp": dp_summary(dp, report),
     }
     summary = dict(_clean(summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
