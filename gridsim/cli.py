@@ -1,4 +1,4 @@
-"""The command line: ``python -m gridsim {run,meters,aggregator,broker,bench}``."""
+"""The command line: ``python -m gridsim {run,meters,aggregator,audit,analyze,broker,bench}``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gridsim.config import RunConfig
 from gridsim.exceptions import ConfigError, GridsimError
+from gridsim.privacy.settings import DEFAULT_EPSILON
 
 log = logging.getLogger("gridsim")
 
@@ -88,15 +89,18 @@ def _add_dp(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     p.add_argument(
         "--dp",
-        choices=["off", "central", "local"],
+        choices=["auto", "off", "central", "local", "distributed"],
         default=d.dp,
-        help="meter-level differential privacy of the model (central: DP-FedAvg noise on "
-        "the sum; local: each meter noises its own update)",
+        help="meter-level differential privacy of the model. distributed: DDGauss noise "
+        "shares added by the meters inside secure aggregation (auto picks it with SecAgg+, "
+        "off without); central: DP-FedAvg noise on the unmasked sum; local: each meter "
+        "noises its own update",
     )
     p.add_argument(
         "--epsilon",
         type=float,
-        help="privacy budget of the run: the noise is calibrated to it before it starts",
+        help="privacy budget of the run: the noise is calibrated to it before it starts "
+        f"(default {DEFAULT_EPSILON:g} unless --noise-multiplier is given)",
     )
     p.add_argument("--delta", type=float, default=d.delta, help="DP delta")
     p.add_argument(
@@ -106,6 +110,12 @@ def _add_dp(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--clip-norm", type=float, default=d.clip_norm, help="L2 bound of each meter's update"
+    )
+    p.add_argument(
+        "--dp-bits",
+        type=int,
+        default=d.dp_bits,
+        help="distributed DP: bits of the modular sum (DDGauss' b)",
     )
 
 
@@ -180,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", help="run Mosquitto with broker/mosquitto.conf")
     broker.add_argument("--config", type=Path, help="config file (default broker/mosquitto.conf)")
 
+    analyze = sub.add_parser(
+        "analyze",
+        help="privacy-utility: forecast error against epsilon per DP mode (JSON)",
+        formatter_class=fmt,
+    )
+    from gridsim.analyze import add_arguments as add_analyze_arguments
+
+    add_analyze_arguments(analyze)
+
     bench = sub.add_parser("bench", help="benchmarks; each prints one JSON document")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     from gridsim.bench import BENCHMARKS
@@ -217,7 +236,8 @@ def _run_config(args: argparse.Namespace, **extra: object) -> RunConfig:
         secagg_neighbors=getattr(args, "secagg_neighbors", None),
         secagg_clip=getattr(args, "secagg_clip", 0.5),
         verify=getattr(args, "verify", False),
-        dp=getattr(args, "dp", "off"),
+        dp=getattr(args, "dp", "auto"),
+        dp_bits=getattr(args, "dp_bits", 20),
         epsilon=getattr(args, "epsilon", None),
         delta=getattr(args, "delta", 1e-5),
         noise_multiplier=getattr(args, "noise_multiplier", None),
@@ -264,7 +284,9 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         aggregator_key,
         default_out_dir,
         dp_settings,
+        dp_summary,
         open_ledger,
+        secagg_summary,
     )
     from gridsim.transport.broker import parse_broker_url
 
@@ -307,6 +329,9 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         "metrics": {"mae": final.mae, "rmse": final.rmse, "nrmse": final.nrmse},
         "model_hash": final.model_hash,
         "ledger": ledger.summary(),
+        "secagg": secagg_summary(cfg, report),
+        # The settings the aggregator ran with: a continued session keeps its ledger's.
+        "dp": dp_summary(agg.config.dp, report),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
@@ -332,6 +357,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from gridsim.analyze import main as analyze_main
+
+    try:
+        return analyze_main(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from gridsim.ledger.audit import run as run_audit
 
@@ -341,6 +375,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": _cmd_run,
     "audit": _cmd_audit,
+    "analyze": _cmd_analyze,
     "meters": _cmd_meters,
     "aggregator": _cmd_aggregator,
     "broker": _cmd_broker,

@@ -33,11 +33,12 @@ class RunConfig:
     secagg_neighbors: str | None = None  # an even degree k, "all", or None for the default
     secagg_clip: float = 0.5
     verify: bool = False
-    dp: str = "off"
+    dp: str = "auto"  # distributed with secure aggregation, off without
     epsilon: float | None = None
     delta: float = 1e-5
     noise_multiplier: float | None = None
     clip_norm: float = 1.0
+    dp_bits: int = 20
     out: str | None = None
 
     def validate(self) -> RunConfig:
@@ -59,6 +60,11 @@ class RunConfig:
                 "--secagg-neighbors must be a number or 'all'",
             ),
             (self.secagg_clip > 0, "--secagg-clip must be positive"),
+            (
+                self.dp in ("auto", "off", "central", "local", "distributed"),
+                "--dp must be auto, off, central, local or distributed",
+            ),
+            (2 <= self.dp_bits <= 32, "--dp-bits must be between 2 and 32"),
             (
                 not self.verify or self.secagg,
                 "--verify checks secure aggregation: drop --no-secagg",

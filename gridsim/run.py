@@ -34,7 +34,7 @@ from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
-from gridsim.privacy.settings import DPSettings, resolve_dp
+from gridsim.privacy.settings import DPSettings, planned_noise_shares, resolve_dp
 from gridsim.progress import Progress
 from gridsim.secagg.masking import max_scale
 from gridsim.secagg.server import SecAggConfig
@@ -151,13 +151,20 @@ def aggregator_config(
         registration_timeout_s=cfg.registration_timeout_s,
         plan=train_plan(cfg, dp),
         seed=cfg.seed,
-        secagg=secagg_config(cfg, dim),
+        secagg=secagg_config(cfg, dim, dp),
         dp=dp,
     )
 
 
-def dp_settings(cfg: RunConfig) -> DPSettings | None:
-    """The run's DP settings, with the noise calibrated to ``--epsilon`` if given."""
+def dp_settings(cfg: RunConfig, dim: int | None = None) -> DPSettings | None:
+    """The run's DP settings, with the noise calibrated to ``--epsilon`` if given.
+
+    ``dim`` is the model's parameter count (from the initial model if not given).
+    Distributed rounds plan for the surviving meters that secure aggregation's
+    dropout allowance leaves (:func:`~gridsim.privacy.settings.planned_noise_shares`).
+    """
+    if dim is None:
+        dim = int(initial_parameters(cfg.seed).shape[0])
     return resolve_dp(
         cfg.dp,
         epsilon=cfg.epsilon,
@@ -166,6 +173,10 @@ def dp_settings(cfg: RunConfig) -> DPSettings | None:
         clip_norm=cfg.clip_norm,
         sampling_rate=cfg.fraction,
         rounds=cfg.rounds,
+        secagg=cfg.secagg,
+        dimension=dim,
+        noise_shares=planned_noise_shares(cfg.meters, cfg.fraction, secagg_dropout(cfg)),
+        bits=cfg.dp_bits,
     )
 
 
@@ -184,28 +195,39 @@ def dp_summary(dp: DPSettings | None, report: AggregatorReport) -> dict[str, Any
     """``summary.json``'s ``dp``: enough to recompute epsilon independently."""
     if dp is None:
         return {"mode": "off"}
-    from gridsim.privacy.accounting import epsilon as account
-    from gridsim.privacy.settings import ACCOUNTANT
-
     rounds = report.dp_released
-    return {
+    out: dict[str, Any] = {
         **dp.record(),
         "epsilon": dp.epsilon_after(rounds),
-        # The tighter PLD accountant as a cross-check (never above the RDP figure).
-        "epsilon_pld": account(
-            dp.mode, dp.noise_multiplier, dp.sampling_rate, rounds, dp.delta, "pld"
-        )
-        if rounds > 0 and dp.mode == "central"
-        else None,
+        # The other accountant as a cross-check (RDP, never below PLD); DDGauss has one.
+        "epsilon_rdp": dp.epsilon_cross_check(rounds),
         "budget": dp.budget,
-        "accountant": ACCOUNTANT,
-        "rounds": report.dp_released,
+        "rounds": rounds,
         "stopped": report.dp_stopped,
     }
+    if dp.ddgauss is not None:
+        p = dp.ddgauss
+        out.update(
+            k_stddevs=p.k_stddevs if math.isfinite(p.k_stddevs) else None,
+            share_stddev=p.integer_stddev,
+            l2_bound=p.l2_sensitivity,
+            epsilon_planned=p.epsilon,
+        )
+    return out
 
 
-def secagg_config(cfg: RunConfig, dim: int) -> SecAggConfig | None:
-    """Secure aggregation settings for a run (None with ``--no-secagg``)."""
+def secagg_dropout(cfg: RunConfig) -> float:
+    """The dropout secure aggregation plans for (its graph bound needs < 0.5)."""
+    return min(max(cfg.dropout, 0.05), 0.45)
+
+
+def secagg_config(cfg: RunConfig, dim: int, dp: DPSettings | None = None) -> SecAggConfig | None:
+    """Secure aggregation settings for a run (None with ``--no-secagg``).
+
+    Under distributed DP the summed vectors are the DDGauss encodings: padded to
+    a power of two, ``--dp-bits`` wide, and a round must keep at least the
+    planned number of noise shares or it is abandoned.
+    """
     if not cfg.secagg:
         return None
     neighbors: int | str | None = None
@@ -213,7 +235,10 @@ def secagg_config(cfg: RunConfig, dim: int) -> SecAggConfig | None:
         neighbors = "all"
     elif cfg.secagg_neighbors is not None:
         neighbors = int(cfg.secagg_neighbors)
-    bits = 32
+    bits, min_survivors = 32, 0
+    if dp is not None and dp.ddgauss is not None:
+        bits, dim = dp.ddgauss.bits, dp.ddgauss.setup.dimension
+        min_survivors = dp.ddgauss.setup.noise_shares
     return SecAggConfig(
         d=dim,
         bits=bits,
@@ -221,8 +246,8 @@ def secagg_config(cfg: RunConfig, dim: int) -> SecAggConfig | None:
         # As fine as possible while the sum of every meter's input cannot wrap.
         scale=max_scale(cfg.secagg_clip, bits, cfg.meters),
         neighbors=neighbors,  # type: ignore[arg-type]
-        # The graph is sized for the expected dropout (the protocol's bound needs < 0.5).
-        dropout=min(max(cfg.dropout, 0.05), 0.45),
+        dropout=secagg_dropout(cfg),
+        min_survivors=min_survivors,
         stage_timeout_s=cfg.round_timeout_s,
     )
 

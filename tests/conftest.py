@@ -6,8 +6,14 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from gridsim.transport.broker import BrokerAddress, BrokerProcess
+
+# Property tests draw the same examples on every machine and every run (fixed
+# seeds): a failure is reproducible, never a fluke of one CI run.
+settings.register_profile("gridsim", derandomize=True, print_blob=True)
+settings.load_profile("gridsim")
 
 
 def _require_mosquitto() -> None:

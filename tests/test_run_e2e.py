@@ -43,6 +43,8 @@ def _cfg(tmp_path: Path, address: BrokerAddress | None, **over: Any) -> RunConfi
         # Check every securely aggregated sum against the plain one (needs the
         # meters in this process).
         verify=over.get("workers", 1) == 1 and over.get("secagg", True),
+        # These tests are about the system; DP (on by default) has its own in tests/privacy.
+        dp="off",
     )
     base.update(over)
     return RunConfig(**base)
@@ -417,6 +419,10 @@ def test_a_killed_aggregator_is_replaced_and_the_meters_carry_on(
         assert summary["rounds_completed"] == 2 and summary["registered"] == 20
         assert summary["participants_per_round"] == [20, 20]
         assert summary["ledger"]["heads"] == blocks_before + 2
+        # DP (on by default) continues the session: the replacement keeps the recorded
+        # noise and counts the rounds released before the kill against the budget.
+        assert summary["dp"]["mode"] == "distributed"
+        assert summary["dp"]["rounds"] == blocks_before + 2
         final = _gridsim("audit", str(tmp_path / "ledger"))
         out, err = final.communicate(timeout=60)
         assert final.returncode == 0, out + err

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
 from gridsim.exceptions import (
+    ConfigError,
     GridsimError,
     IntegrityError,
     MessageError,
@@ -40,6 +41,7 @@ from gridsim.learning.model import model_hash
 from gridsim.ledger.entries import MeterContribution, RoundRecord
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.identity import raw_public_key
+from gridsim.privacy.ddgauss import DDGaussCodec, rotation_signs
 from gridsim.privacy.discrete_gaussian import gaussian_noise
 from gridsim.privacy.settings import DPSettings
 from gridsim.secagg import messages as sa
@@ -127,6 +129,15 @@ class Aggregator:
             except ValueError:
                 raise RoundError(f"{self._started_path} is not a round number") from None
             self.first_round = max(self.first_round, started + 1)
+        # DP continues across restarts: a replacement aggregator keeps the noise and
+        # the count of rounds its session's ledger already records (the auditor
+        # recomputes each record's epsilon from both).
+        self.dp_released = 0  # rounds whose aggregate was published under DP
+        prior = ledger.round_records(config.session) if ledger else []
+        if prior:
+            config = self._continue_dp(config, prior)
+            self.config = config
+            self.dp_released = len(prior)
         self.secagg: SecAggServer | None = None
         self._secagg_key = b""
         self._secagg_broadcast = b""
@@ -135,10 +146,17 @@ class Aggregator:
                 raise RoundError("secure aggregation needs the aggregator's signing key")
             self.secagg = SecAggServer(signing_key, config.session, config.secagg)
             self._secagg_key = raw_public_key(signing_key)
+        # Distributed DP: meters send DDGauss encodings, decoded here after unmasking.
+        self._ddgauss: DDGaussCodec | None = None
+        if config.dp is not None and config.dp.mode == "distributed":
+            if config.secagg is None:
+                raise RoundError("distributed DP needs secure aggregation")
+            self._ddgauss = config.dp.codec(int(initial_model.shape[0]))
+            if config.secagg.d != self._ddgauss.padded or config.secagg.bits != self._ddgauss.bits:
+                raise RoundError("secure aggregation must sum the DDGauss encodings' words")
         # Simulation only (--verify): each meter's quantised input of a round.
         self.plaintext = plaintext
         self.secagg_stats = SecAggStats()
-        self.dp_released = 0  # rounds whose aggregate was published under DP
         self.dp_stopped: str | None = None
         self.offline: set[int] = set()
         self.rejected_messages = 0
@@ -161,6 +179,40 @@ class Aggregator:
             on_message=self._on_message,
             on_connect=self._on_connect,
         )
+
+    @staticmethod
+    def _continue_dp(config: AggregatorConfig, prior: list[RoundRecord]) -> AggregatorConfig:
+        """The DP settings to continue a session whose ledger already has rounds."""
+        recorded: dict[str, Any] = dict(prior[-1].dp)
+        if recorded.get("mode", "off") == "off":
+            if config.dp is not None:
+                log.warning(
+                    "session %s ran %d rounds without DP; they count as DP rounds from here",
+                    config.session,
+                    len(prior),
+                )
+            return config
+        if config.dp is None:
+            raise ConfigError(
+                f"session {config.session} was run with --dp {recorded['mode']}; "
+                "an aggregator continuing it must keep differential privacy on"
+            )
+        if recorded == config.dp.record():
+            return config
+        log.warning(
+            "session %s continues with the DP parameters its ledger records (%s, noise "
+            "multiplier %.4g), not newly calibrated ones",
+            config.session,
+            recorded["mode"],
+            float(recorded["noise_multiplier"]),
+        )
+        dp = DPSettings.from_record(recorded, rounds=config.dp.rounds, budget=config.dp.budget)
+        plan = dataclasses.replace(
+            config.plan,
+            clip_norm=dp.clip_norm,
+            local_noise=dp.sigma if dp.mode == "local" else 0.0,
+        )
+        return dataclasses.replace(config, dp=dp, plan=plan)
 
     # -- incoming ---------------------------------------------------------------
 
@@ -312,6 +364,11 @@ class Aggregator:
         online = sorted(m for m in self.registered if m not in self.offline)
         if not train or self.config.fraction >= 1.0:
             return online
+        if self.config.dp is not None:
+            # The accountant's amplification by sampling assumes Poisson sampling:
+            # each meter takes part independently with probability q.
+            q = self.config.fraction
+            return [m for m in online if self._rng.random() < q]
         k = max(self.config.min_meters, math.ceil(self.config.fraction * len(online)))
         return sorted(self._rng.sample(online, min(k, len(online))))
 
@@ -374,6 +431,7 @@ class Aggregator:
             model=codec.vector_to_bytes(self.model),
             ledger_key=self._ledger_key,
             secagg_key=self._secagg_key if secure else b"",
+            ddgauss=self._ddgauss_plan() if secure else None,
         )
         started = time.perf_counter()
         self._round, self._announce = rnd, codec.encode(announce)
@@ -398,6 +456,19 @@ class Aggregator:
             await self._record(outcome)
         await self._publish_result(outcome, wall)
         return outcome
+
+    def _ddgauss_plan(self) -> codec.DDGaussPlan | None:
+        c = self._ddgauss
+        if c is None:
+            return None
+        return codec.DDGaussPlan(
+            padded=c.padded,
+            clip_norm=c.clip_norm,
+            gamma=c.gamma,
+            l2_bound=c.l2_bound,
+            sigma=c.sigma,
+            bits=c.bits,
+        )
 
     def _central_noise(self, rnd: FedAvgRound) -> npt.NDArray[np.float64] | None:
         """Central DP: Gaussian noise of sd z*C for the round's sum (exact sampler)."""
@@ -468,7 +539,12 @@ class Aggregator:
         survivors = set(result.survivors)
         while time.monotonic() < deadline and (survivors & rnd.pending()) - self.offline:
             await self._wait_changed(deadline - time.monotonic())
-        outcome = rnd.close(result.values, result.survivors, noise=self._central_noise(rnd))
+        total = result.values
+        if self._ddgauss is not None:
+            # The noisy sum of the survivors' encodings: rotate back, rescale.
+            signs = rotation_signs(self.config.session, rnd.round, self._ddgauss.padded)
+            total = self._ddgauss.decode(result.total, signs)
+        outcome = rnd.close(total, result.survivors, noise=self._central_noise(rnd))
         for meter, (digest, _) in outcome.contributions.items():
             if result.digests.get(meter) != digest:
                 log.error("meter %d signed a payload other than its masked input", meter)

@@ -173,6 +173,16 @@ class LedgerWriter:
         """The last round of ``session`` in the ledger, or None if it has none."""
         return self._rounds.get(session)
 
+    def round_records(self, session: str) -> list[RoundRecord]:
+        """The round records of ``session`` in the ledger, oldest first."""
+        return [
+            e
+            for b in self._blocks
+            if b.session == session
+            for e in b.entries
+            if isinstance(e, RoundRecord)
+        ]
+
     def summary(self) -> dict[str, Any]:
         """The ``ledger`` section of ``summary.json`` as this writer knows it
         (``verified`` comes from an :func:`~gridsim.ledger.audit.audit` run)."""

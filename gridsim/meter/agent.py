@@ -12,7 +12,7 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gridsim.exceptions import GridsimError, MessageError, ProtocolError
+from gridsim.exceptions import GridsimError, InvalidInputError, MessageError, ProtocolError
 from gridsim.learning.batched import TrainConfig
 from gridsim.ledger.audit import verify_own_contribution
 from gridsim.ledger.checkpoint import NoteVerifier, load_verifier
@@ -20,7 +20,8 @@ from gridsim.ledger.entries import MeterContribution
 from gridsim.meter.dropout import vanish_stage, vanishes
 from gridsim.meter.identity import meter_signing_key, raw_public_key
 from gridsim.meter.peers import DerivedPeerKeys
-from gridsim.meter.training_pool import MeterAnswer, TrainingPool
+from gridsim.meter.training_pool import DDGaussEncoding, MeterAnswer, TrainingPool
+from gridsim.privacy.ddgauss import DDGaussCodec
 from gridsim.secagg import messages as sa
 from gridsim.secagg.client import SecAggClient
 from gridsim.transport import codec
@@ -233,6 +234,11 @@ class MeterAgent:
         )
         p = msg.plan
         plan = TrainConfig(p.local_epochs, p.batch_size, p.lr, p.clip_norm, p.local_noise)
+        encoding = None
+        if msg.train and msg.ddgauss is not None:
+            encoding = self._ddgauss(msg, secure)
+            if encoding is None:
+                return
         answer = await self.pool.request(
             self.meter,
             round_=msg.round,
@@ -240,6 +246,7 @@ class MeterAgent:
             model=model,
             plan=plan,
             expected=expected,
+            ddgauss=encoding,
         )
         if secure:
             # The delta leaves this meter only masked, when the aggregator asks for it.
@@ -248,6 +255,29 @@ class MeterAgent:
             return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
         await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
+
+    def _ddgauss(self, msg: codec.RoundAnnounce, secure: bool) -> DDGaussEncoding | None:
+        """The round's DDGauss encoding, or None (logged) if it cannot be honoured."""
+        plan = msg.ddgauss
+        assert plan is not None
+        if not secure:
+            # The encoding only protects inside secure aggregation; never send it bare.
+            self._drop(self.topics.round, "distributed DP announced without secure aggregation")
+            return None
+        try:
+            ddgauss = DDGaussCodec(
+                dim=self.pool.layout_dim,
+                padded=plan.padded,
+                clip_norm=plan.clip_norm,
+                gamma=plan.gamma,
+                l2_bound=plan.l2_bound,
+                sigma=plan.sigma,
+                bits=plan.bits,
+            )
+        except InvalidInputError as exc:
+            self._drop(self.topics.round, f"unusable distributed-DP plan: {exc}")
+            return None
+        return DDGaussEncoding(ddgauss, self.session)
 
     async def _send_update(
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
@@ -311,8 +341,13 @@ class MeterAgent:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
-                assert answer.delta is not None
-                masked = await asyncio.to_thread(client.masked_input, msg, answer.delta)
+                if answer.encoded is not None:
+                    masked = await asyncio.to_thread(
+                        client.masked_input_quantized, msg, answer.encoded
+                    )
+                else:
+                    assert answer.delta is not None
+                    masked = await asyncio.to_thread(client.masked_input, msg, answer.delta)
                 if self.pool.quantized is not None and client.quantized is not None:
                     self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
                 await self._send(sa.encode(masked), self.topics.secagg_up(self.meter))

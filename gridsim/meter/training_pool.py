@@ -21,6 +21,7 @@ from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
 from gridsim.learning.model import Forecaster, ParamLayout
 from gridsim.learning.windows import MeterWindows
 from gridsim.privacy import gaussian_noise
+from gridsim.privacy.ddgauss import DDGaussCodec, rotation_signs
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,17 @@ class MeterAnswer:
     train_loss: float
     train_s: float
     eval: EvalSums
+    # Distributed DP: the DDGauss encoding (rotated, rounded, noised, mod 2**bits)
+    # that secure aggregation sums; the delta itself then never leaves the meter.
+    encoded: npt.NDArray[np.uint32] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DDGaussEncoding:
+    """A round's DDGauss encoding: the codec, and the session the rotation is drawn for."""
+
+    codec: DDGaussCodec
+    session: str
 
 
 @dataclasses.dataclass
@@ -41,6 +53,7 @@ class _Batch:
     model: npt.NDArray[np.float32]
     plan: TrainConfig
     expected: int
+    ddgauss: DDGaussEncoding | None = None
     waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
     arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
@@ -86,12 +99,17 @@ class TrainingPool:
         model: npt.NDArray[np.float32],
         plan: TrainConfig,
         expected: int,
+        ddgauss: DDGaussEncoding | None = None,
     ) -> MeterAnswer:
-        """This meter's update for the round; resolves once its batch has run."""
+        """This meter's update for the round; resolves once its batch has run.
+
+        With ``ddgauss`` the answer also carries the update's DDGauss encoding,
+        computed for the whole batch at once.
+        """
         key = (round_, train)
         batch = self._batches.get(key)
         if batch is None:
-            batch = _Batch(round_, train, model, plan, max(expected, 1))
+            batch = _Batch(round_, train, model, plan, max(expected, 1), ddgauss)
             self._batches[key] = batch
             asyncio.get_running_loop().create_task(self._run_batch(key, batch))
         fut = batch.waiting.get(meter)
@@ -136,6 +154,11 @@ class TrainingPool:
             return [MeterAnswer(None, 0, 0.0, 0.0, e) for e in evals]
         result = trainer.train(batch.model, data, seed=self.seed, round_=batch.round)
         delta = privatize(result.delta, batch.plan)
+        encoded: npt.NDArray[np.uint32] | list[None] = [None] * len(rows)
+        if batch.ddgauss is not None:
+            codec = batch.ddgauss.codec
+            signs = rotation_signs(batch.ddgauss.session, batch.round, codec.padded)
+            encoded = codec.encode(delta, signs).values
         return [
             MeterAnswer(
                 delta=delta[i],
@@ -143,6 +166,7 @@ class TrainingPool:
                 train_loss=float(result.train_loss[i]),
                 train_s=result.train_s,
                 eval=evals[i],
+                encoded=encoded[i],
             )
             for i in range(len(rows))
         ]

@@ -533,6 +533,65 @@ def choose_ddgauss_parameters(
     )
 
 
+def ddgauss_parameters_for_noise(
+    noise_multiplier: float,
+    delta: float,
+    *,
+    dimension: int,
+    clip_norm: float,
+    bits: int,
+    noise_shares: int,
+    sampling_rate: float,
+    rounds: int,
+    beta: float = DEFAULT_BETA,
+    k_stddevs: float = 4.0,
+    rho: float = 1.0,
+    norm_growth: Literal["linear", "sqrt"] = "linear",
+) -> DDGaussParameters:
+    """DDGauss parameters for a given noise multiplier ``z`` (``--noise-multiplier``).
+
+    The noise is fixed (each meter's stddev ``z c / sqrt(n)``), so the finest
+    scale that keeps ``k_stddevs`` stddevs of a coordinate in range has a
+    closed form: with ``M = 2^b / (2 k)`` the condition of
+    :func:`choose_ddgauss_parameters` reads ``M^2 gamma^2 >= S + n gamma^2 / 4
+    + n sigma^2``, so ``gamma = sqrt((S + n sigma^2) / (M^2 - n / 4))``. The
+    ``epsilon`` returned is what the planned rounds spend.
+    """
+    z = _positive("noise_multiplier", noise_multiplier)
+    _rate("delta", delta)
+    d = _positive_int("dimension", dimension)
+    c = _positive("clip_norm", clip_norm)
+    b = _positive_int("bits", bits)
+    n = _positive_int("noise_shares", noise_shares)
+    k = _positive("k_stddevs", k_stddevs)
+    half_range = 2.0**b / (2.0 * k)
+    if half_range * half_range <= n / 4.0:
+        raise InvalidInputError(
+            f"{b} bits cannot hold {k_stddevs} stddevs of the rounding error of {n} meters"
+        )
+    sigma = z * c / math.sqrt(n)
+    signal_sq = rho * c * c * (n * n if norm_growth == "linear" else n) / d
+    gamma = math.sqrt((signal_sq + n * sigma * sigma) / (half_range * half_range - n / 4.0))
+    setup = DDGaussSetup(d, c, gamma, beta, n)
+    if sigma / gamma < MIN_LOCAL_SIGMA:
+        raise InvalidInputError(
+            f"noise multiplier {z:g} gives each meter a share of {sigma / gamma:.3g} integer "
+            f"units at {b} bits, below the 1/2 DDGauss needs; use more bits or more noise"
+        )
+    return DDGaussParameters(
+        setup=setup,
+        bits=b,
+        k_stddevs=float(k),
+        local_stddev=sigma,
+        noise_multiplier=z,
+        l2_sensitivity=rounded_l2_sensitivity(c, gamma, beta, d),
+        epsilon=ddgauss_epsilon(setup, sigma, sampling_rate, rounds, delta),
+        delta=delta,
+        sampling_rate=sampling_rate,
+        rounds=rounds,
+    )
+
+
 # ---------------------------------------------------------------------------
 # The Gaussian modes through dp-accounting, and the common entry points
 # ---------------------------------------------------------------------------

@@ -62,6 +62,23 @@ class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     local_noise: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
+class DDGaussPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How meters encode their update under distributed DP (DDGauss), per round.
+
+    See :class:`gridsim.privacy.ddgauss.DDGaussCodec`: ``padded`` the rotated
+    length (a power of two), ``gamma`` the quantisation step, ``l2_bound`` the
+    rounded norm bound, ``sigma`` each meter's noise-share stddev (integer
+    units), ``bits`` the modulus of the secure sum.
+    """
+
+    padded: Annotated[int, msgspec.Meta(ge=1, le=2**26)]
+    clip_norm: Annotated[float, msgspec.Meta(gt=0.0)]
+    gamma: Annotated[float, msgspec.Meta(gt=0.0)]
+    l2_bound: Annotated[float, msgspec.Meta(gt=0.0)]
+    sigma: Annotated[float, msgspec.Meta(ge=0.5)]
+    bits: Annotated[int, msgspec.Meta(ge=2, le=32)]
+
+
 class RoundAnnounce(Message, tag="announce", frozen=True):
     """The aggregator opens a round: the global model, who takes part, until when.
 
@@ -80,6 +97,8 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     # The aggregator's Ed25519 key for secure aggregation (raw 32 bytes); empty when
     # the round is not securely aggregated and updates travel in the clear.
     secagg_key: Annotated[bytes, msgspec.Meta(max_length=32)]
+    # Distributed DP: how to encode the update before secure aggregation; None otherwise.
+    ddgauss: DDGaussPlan | None = None
 
 
 class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -13,7 +13,7 @@ from gridsim.exceptions import ConfigError
 from gridsim.learning.batched import TrainConfig
 from gridsim.meter.training_pool import privatize
 from gridsim.privacy.accounting import epsilon_from_record
-from gridsim.privacy.settings import resolve_dp
+from gridsim.privacy.settings import DEFAULT_EPSILON, resolve_dp
 from gridsim.run import run
 from gridsim.transport.broker import BrokerAddress
 
@@ -50,16 +50,52 @@ def test_clipping_bounds_every_update_and_local_noise_is_added() -> None:
 
 def test_resolve_dp_rejects_what_it_cannot_honour() -> None:
     common = dict(delta=1e-5, clip_norm=1.0, sampling_rate=1.0, rounds=5)
-    with pytest.raises(ConfigError, match="not available"):
-        resolve_dp("distributed", epsilon=1.0, noise_multiplier=None, **common)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="--epsilon or --noise-multiplier"):
-        resolve_dp("central", epsilon=None, noise_multiplier=None, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="drop --no-secagg"):
+        resolve_dp("distributed", epsilon=1.0, noise_multiplier=None, secagg=False, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="--epsilon must be positive"):
+        resolve_dp("central", epsilon=-1.0, noise_multiplier=None, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="1/2"):
+        # So little noise that at 8 bits a meter's share is below half a step.
+        resolve_dp(
+            "distributed",
+            epsilon=None,
+            noise_multiplier=0.001,
+            dimension=100,
+            noise_shares=10,
+            bits=8,
+            **common,  # type: ignore[arg-type]
+        )
     assert resolve_dp("off", epsilon=None, noise_multiplier=None, **common) is None  # type: ignore[arg-type]
+    assert resolve_dp("auto", epsilon=None, noise_multiplier=None, secagg=False, **common) is None  # type: ignore[arg-type]
     dp = resolve_dp("central", epsilon=2.0, noise_multiplier=None, **common)  # type: ignore[arg-type]
-    assert dp is not None and dp.epsilon_after(5) <= 2.0
+    assert dp is not None and dp.epsilon_after(5) <= 2.0 and dp.accountant == "pld"
     # Calibrated, not padded: 1% less noise would overspend.
     tighter = dict(dp.record(), noise_multiplier=dp.noise_multiplier * 0.99)
     assert epsilon_from_record(tighter, 5) > 2.0
+    # Neither budget nor noise: the default budget.
+    default = resolve_dp("central", epsilon=None, noise_multiplier=None, **common)  # type: ignore[arg-type]
+    assert default is not None and default.budget == DEFAULT_EPSILON
+
+
+def test_distributed_dp_is_the_default_with_secure_aggregation() -> None:
+    common = dict(delta=1e-5, clip_norm=1.0, sampling_rate=1.0, rounds=5)
+    dp = resolve_dp(
+        "auto",
+        epsilon=4.0,
+        noise_multiplier=None,
+        secagg=True,
+        dimension=7876,
+        noise_shares=460,
+        **common,  # type: ignore[arg-type]
+    )
+    assert dp is not None and dp.mode == "distributed" and dp.ddgauss is not None
+    record = dp.record()
+    assert record["bits"] == 20 and record["dimension"] == 8192 and record["noise_shares"] == 460
+    assert 3.99 < dp.epsilon_after(5) <= 4.0 == pytest.approx(epsilon_from_record(record, 5), 1e-3)
+    # Distributed costs little over central at this size: within 10% more noise.
+    central = resolve_dp("central", epsilon=4.0, noise_multiplier=None, **common)  # type: ignore[arg-type]
+    assert central is not None
+    assert central.noise_multiplier < dp.noise_multiplier < 1.1 * central.noise_multiplier
 
 
 @pytest.mark.broker
@@ -69,8 +105,8 @@ def test_central_dp_run_spends_at_most_its_budget_and_the_ledger_agrees(
     summary = run(_cfg(tmp_path, mosquitto, dp="central", epsilon=4.0))
     dp = summary["dp"]
     assert dp["mode"] == "central" and dp["rounds"] == 3
-    assert 3.9 < dp["epsilon"] <= 4.0
-    assert 0 < dp["epsilon_pld"] <= dp["epsilon"]
+    assert 3.9 < dp["epsilon"] <= 4.0 and dp["accountant"] == "pld"
+    assert dp["epsilon"] <= dp["epsilon_rdp"]  # the cross-check never comes out tighter
     assert epsilon_from_record(
         {
             k: dp[k]
@@ -110,3 +146,45 @@ def test_local_dp_run_reports_what_it_spent(tmp_path: Path, mosquitto: BrokerAdd
     dp = summary["dp"]
     assert dp["mode"] == "local" and dp["rounds"] == 2 and dp["epsilon"] > 0
     assert dp["budget"] is None and summary["ledger"]["verified"]
+
+
+@pytest.mark.broker
+def test_distributed_dp_run_sums_exactly_and_spends_at_most_its_budget(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    """The default with SecAgg+: DDGauss noise shares inside the masked sum."""
+    summary = run(
+        _cfg(tmp_path, mosquitto, epsilon=6.0, verify=True, dropout=0.1, round_timeout_s=4.0)
+    )
+    dp, sa = summary["dp"], summary["secagg"]
+    assert dp["mode"] == "distributed" and dp["accountant"] == "rdp"
+    assert dp["bits"] == sa["modulus_bits"] == 20 and 0 < dp["beta"] < 1
+    assert dp["dimension"] == 8192 and dp["noise_shares"] <= 20
+    assert dp["rounds"] == summary["rounds_completed"] - summary["participants_per_round"].count(0)
+    assert dp["epsilon"] <= 6.0 and dp["budget"] == 6.0
+    # Every unmasked sum equals the plain sum of the meters' noisy encodings, bit for bit.
+    assert sa["verified_rounds"] == dp["rounds"] > 0 and sa["verify_failures"] == 0
+    # Every released round had at least the planned noise shares.
+    released = [p for p in summary["participants_per_round"] if p]
+    assert min(released) >= dp["noise_shares"]
+    recomputed = epsilon_from_record(
+        {
+            k: dp[k]
+            for k in (
+                "mode",
+                "noise_multiplier",
+                "clip_norm",
+                "sampling_rate",
+                "delta",
+                "accountant",
+                "dimension",
+                "gamma",
+                "beta",
+                "noise_shares",
+            )
+        },
+        dp["rounds"],
+    )
+    assert recomputed == pytest.approx(dp["epsilon"])
+    assert summary["ledger"]["verified"]
+    assert np.isfinite(summary["metrics"]["rmse"])
