@@ -1,6 +1,9 @@
 """Privacy-utility analysis: forecast error against epsilon, per DP mode.
 
-``python -m gridsim analyze`` trains the federated forecaster at each budget
+``python -m gridsim analyze OUT...`` tabulates finished runs (their
+``summary.json``): mode, epsilon spent, test error, baselines, time.
+
+``python -m gridsim analyze`` (no runs) trains the federated forecaster at each budget
 in ``--epsilons`` (``inf``: no DP) for each mode in ``--modes`` and prints one
 JSON document with the test error of each, plus a table on stderr.
 
@@ -40,6 +43,12 @@ DEFAULT_EPSILONS = "0.5,1,2,4,8,inf"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
+    p.add_argument(
+        "runs",
+        nargs="*",
+        type=Path,
+        help="output folders of finished runs to tabulate (none: run the epsilon sweep)",
+    )
     p.add_argument("--meters", type=int, default=d.meters)
     p.add_argument("--rounds", type=int, default=d.rounds)
     p.add_argument("--seed", type=int, default=d.seed)
@@ -55,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-days", type=int, default=d.test_days)
     p.add_argument("--system", action="store_true", help="run every point as a full run over MQTT")
     p.add_argument("--out", help="also write the JSON document here")
+    p.add_argument("--html", help="also write a Plotly figure (error against epsilon) here")
 
 
 def _parse_epsilons(text: str) -> list[float]:
@@ -205,10 +215,85 @@ def analyze(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def from_runs(paths: list[Path]) -> dict[str, Any]:
+    """One point per finished run, from its ``summary.json``."""
+    points = []
+    for path in paths:
+        file = path / "summary.json" if path.is_dir() else path
+        try:
+            summary = json.loads(file.read_text())
+            dp = summary.get("dp", {"mode": "off"})
+            central = (summary.get("baselines") or {}).get("centralized") or {}
+            points.append(
+                {
+                    "run": str(path),
+                    "mode": dp.get("mode", "off"),
+                    "epsilon_budget": dp.get("budget"),
+                    "epsilon_spent": dp.get("epsilon"),
+                    "noise_multiplier": dp.get("noise_multiplier", 0.0),
+                    "meters": summary["meters"],
+                    "rounds": summary["rounds_completed"],
+                    "rmse_median": summary["metrics"]["rmse"],
+                    "rmse": [summary["metrics"]["rmse"]],
+                    "mae_median": summary["metrics"]["mae"],
+                    "naive_rmse": summary["baselines"]["seasonal_naive"]["rmse"],
+                    "centralized_rmse": central.get("rmse"),
+                    "secagg": bool(summary.get("secagg", {}).get("enabled")),
+                    "wall_s": summary.get("wall_s"),
+                }
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{file} is not a run summary: {exc}") from None
+    return {
+        "analysis": "privacy-utility",
+        "engine": "runs",
+        "metric": "test RMSE (kW) of the final global model",
+        "points": points,
+    }
+
+
+def figure_html(doc: dict[str, Any]) -> str:
+    """A Plotly figure of error against epsilon, one line per mode (no DP dashed)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    modes = sorted({p["mode"] for p in doc["points"]} - {"off"})
+    for mode in modes:
+        pts = sorted(
+            (p for p in doc["points"] if p["mode"] == mode and p["epsilon_spent"] is not None),
+            key=lambda p: p["epsilon_spent"],
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[p["epsilon_spent"] for p in pts],
+                y=[p["rmse_median"] for p in pts],
+                mode="lines+markers",
+                name=mode,
+            )
+        )
+    for p in doc["points"]:
+        if p["mode"] == "off":
+            fig.add_hline(y=p["rmse_median"], line_dash="dash", annotation_text="no DP")
+    naive = [p["naive_rmse"] for p in doc["points"] if p.get("naive_rmse")]
+    if naive:
+        fig.add_hline(y=naive[0], line_dash="dot", annotation_text="seasonal naive")
+    fig.update_layout(
+        title="Forecast error against the privacy budget",
+        xaxis_title="epsilon spent (delta 1e-5)",
+        yaxis_title="test RMSE (kW)",
+        xaxis_type="log",
+        template="plotly_white",
+    )
+    # Self-contained (plotly.js inlined): it opens offline.
+    return str(fig.to_html(include_plotlyjs=True, full_html=True))
+
+
 def main(args: argparse.Namespace) -> int:
-    result = analyze(args)
+    result = from_runs(args.runs) if args.runs else analyze(args)
     text = json.dumps(result, indent=2, default=lambda v: None)
     if args.out:
         Path(args.out).write_text(text + "\n")
+    if args.html:
+        Path(args.html).write_text(figure_html(result))
     print(text)
     return 0

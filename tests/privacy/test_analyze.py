@@ -7,8 +7,13 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from gridsim.config import RunConfig
+from gridsim.run import run
+from gridsim.transport.broker import BrokerAddress
 
 
 @pytest.mark.slow
@@ -61,3 +66,52 @@ def test_analyze_refuses_a_bad_epsilon() -> None:
         timeout=120,
     )
     assert proc.returncode == 1 and "epsilon must be positive" in proc.stderr
+
+
+@pytest.mark.broker
+def test_analyze_tabulates_finished_runs_and_draws_them(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    common: dict[str, Any] = dict(
+        meters=12,
+        rounds=2,
+        seed=3,
+        days=8,
+        test_days=2,
+        centralized_baseline=False,
+        broker=mosquitto.url,
+        round_timeout_s=30.0,
+    )
+    private = run(RunConfig(**common, dp="central", epsilon=3.0, out=str(tmp_path / "dp")))
+    plain = run(RunConfig(**common, dp="off", out=str(tmp_path / "plain")))
+    html = tmp_path / "pu.html"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridsim",
+            "analyze",
+            private["out"],
+            plain["out"],
+            "--html",
+            str(html),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    points = json.loads(proc.stdout)["points"]
+    assert [p["mode"] for p in points] == ["central", "off"]
+    assert points[0]["epsilon_spent"] == pytest.approx(private["dp"]["epsilon"])
+    assert points[0]["epsilon_spent"] <= 3.0 and points[1]["epsilon_spent"] is None
+    assert points[1]["rmse_median"] == plain["metrics"]["rmse"]
+    page = html.read_text()
+    assert "Forecast error against the privacy budget" in page and "central" in page
+    bad = subprocess.run(
+        [sys.executable, "-m", "gridsim", "analyze", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 1 and "not a run summary" in bad.stderr
