@@ -81,3 +81,32 @@ def test_forged_hello_and_update_are_rejected() -> None:
         assert set(out.contributions) == {1, 2}
 
     asyncio.run(scenario())
+
+
+def test_dp_rounds_sample_meters_independently_as_the_accountant_assumes() -> None:
+    from gridsim.privacy.settings import resolve_dp
+
+    dp = resolve_dp(
+        "central",
+        epsilon=4.0,
+        delta=1e-5,
+        noise_multiplier=None,
+        clip_norm=1.0,
+        sampling_rate=0.3,
+        rounds=10,
+    )
+
+    async def sizes(with_dp: bool) -> list[int]:
+        cfg = AggregatorConfig(
+            session="s", rounds=1, expected_meters=1000, fraction=0.3, dp=dp if with_dp else None
+        )
+        agg = Aggregator(BrokerAddress("127.0.0.1", 1), cfg, np.zeros(DIM, dtype=np.float32))
+        agg.registered = {m: 10 for m in range(1000)}
+        return [len(agg._select(True)) for _ in range(40)]
+
+    poisson = asyncio.run(sizes(True))
+    # Binomial(1000, 0.3): sd 14.5; the mean of 40 rounds is within 300 +- 11 (4.8 sd)
+    # and 40 draws are not all equal, except w.p. far below 1e-5.
+    assert abs(sum(poisson) / 40 - 300) < 11 and len(set(poisson)) > 1
+    # Without DP the aggregator takes exactly the fraction, as before.
+    assert set(asyncio.run(sizes(False))) == {300}
