@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,28 @@ def test_distributed_dp_run_sums_exactly_and_spends_at_most_its_budget(
     assert recomputed == pytest.approx(dp["epsilon"])
     assert summary["ledger"]["verified"]
     assert np.isfinite(summary["metrics"]["rmse"])
+
+
+def test_noise_multiplier_input_for_distributed_reports_its_spend_and_records_round_trip() -> None:
+    from gridsim.privacy.settings import DPSettings
+
+    common = dict(delta=1e-5, clip_norm=1.0, sampling_rate=1.0, rounds=5)
+    dp = resolve_dp(
+        "distributed",
+        epsilon=None,
+        noise_multiplier=3.0,
+        dimension=7876,
+        noise_shares=460,
+        **common,  # type: ignore[arg-type]
+    )
+    assert dp is not None and dp.ddgauss is not None and dp.budget is None
+    assert dp.noise_multiplier == 3.0
+    # The codec's noise is the noise the record claims: sqrt(n) shares of sd sigma * gamma.
+    codec = dp.codec(7876)
+    assert codec.sigma * codec.gamma * math.sqrt(460) == pytest.approx(3.0)
+    # More noise than the default budget needs: it spends less than epsilon 8 would.
+    assert 0 < dp.epsilon_after(5) < dp.ddgauss.epsilon * 1.000001 < 8.0
+    # A replacement aggregator rebuilds the same settings from a ledger record.
+    again = DPSettings.from_record(dp.record(), rounds=5, budget=None)
+    assert again.record() == dp.record() and again.codec(7876) == codec
+    assert again.epsilon_after(5) == dp.epsilon_after(5)
