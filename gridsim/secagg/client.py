@@ -49,6 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gridsim import _core
 from gridsim.exceptions import GridsimError, ProtocolError
 from gridsim.secagg import masking
 from gridsim.secagg.graph import min_degree, neighbor_graph, resolve_degree, threshold_for
@@ -97,6 +98,19 @@ def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
         raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key") from None
 
 
+def _agree_all(pairs: list[tuple[bytes, bytes, int]]) -> list[bytes]:
+    """The X25519 secret of each ``(private, peer_public, peer)``, in one call.
+
+    The Rust core computes them with the GIL released, over both cores; the results
+    equal :meth:`X25519PrivateKey.exchange`'s (RFC 7748).
+    """
+    shared = _core.x25519_agree([p[0] for p in pairs], [p[1] for p in pairs])
+    for (_, _, peer), secret in zip(pairs, shared, strict=True):
+        if secret is None:
+            raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key")
+    return cast(list[bytes], shared)
+
+
 def public_bytes(key: X25519PrivateKey) -> bytes:
     """The raw 32 bytes of an X25519 private key's public key."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -110,6 +124,10 @@ def pairwise_seed(
     ``info`` binds the domain, session, round and the ordered pair, so both meters
     (and the server, given a dropped meter's key) derive the same seed.
     """
+    return _pairwise_seed_of(_exchange(private, peer_public, b), session, round, a, b)
+
+
+def _pairwise_seed_of(shared: bytes, session: str, round: int, a: int, b: int) -> bytes:
     lo, hi = min(a, b), max(a, b)
     info = (
         PAIRWISE_SEED_INFO
@@ -117,7 +135,7 @@ def pairwise_seed(
         + lo.to_bytes(4, "little")
         + hi.to_bytes(4, "little")
     )
-    return _hkdf(_exchange(private, peer_public, b), info)
+    return _hkdf(shared, info)
 
 
 def share_key(
@@ -129,13 +147,19 @@ def share_key(
     recipient: int,
 ) -> bytes:
     """The ChaCha20-Poly1305 key for shares sent from ``sender`` to ``recipient``."""
+    shared = _exchange(private, peer_public, min(sender, recipient))
+    return _share_key_of(shared, session, round, sender, recipient)
+
+
+def _share_key_of(shared: bytes, session: str, round: int, sender: int, recipient: int) -> bytes:
+    # One X25519 secret per pair of meters gives the keys of both directions.
     info = (
         SHARE_KEY_INFO
         + _context(session, round)
         + sender.to_bytes(4, "little")
         + recipient.to_bytes(4, "little")
     )
-    return _hkdf(_exchange(private, peer_public, min(sender, recipient)), info)
+    return _hkdf(shared, info)
 
 
 def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
@@ -195,7 +219,7 @@ class SecAggClient:
         self._agree_sk: X25519PrivateKey | None = None
         self._self_seed = b""
         self._advert: AdvertiseKeys | None = None
-        self._peer_enc: dict[int, bytes] = {}
+        self._inbound_keys: dict[int, bytes] = {}
         self._pair_seeds: dict[int, bytes] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}
         self.quantized: masking.MaskArray | None = None
@@ -285,7 +309,7 @@ class SecAggClient:
         self._params = p
         self._neighbors = graph[self.meter]
         self._enc_sk, self._agree_sk, self._self_seed = enc_sk, agree_sk, self_seed
-        self._peer_enc, self._pair_seeds, self._held = {}, {}, {}
+        self._pair_seeds, self._held, self._inbound_keys = {}, {}, {}
         self.quantized, self.saturated = None, 0
         self._expect = Stage.SHARE
         reply = AdvertiseKeys(
@@ -345,22 +369,26 @@ class SecAggClient:
             xs=xs,
         )
         out: list[EncryptedShare] = []
-        peer_enc: dict[int, bytes] = {}
         pair_seeds: dict[int, bytes] = {}
-        for v, s_share, k_share in zip(live, seed_shares, key_shares, strict=True):
-            adv = adverts[v]
-            peer_enc[v] = adv.enc_key
-            pair_seeds[v] = pairwise_seed(
-                self._agree_sk, adv.agree_key, self.session, self._last_round, self.meter, v
-            )
-            key = share_key(
-                self._enc_sk, adv.enc_key, self.session, self._last_round, self.meter, v
-            )
+        inbound_keys: dict[int, bytes] = {}
+        u, r = self.meter, self._last_round
+        agree_sk, enc_sk = self._agree_sk.private_bytes_raw(), self._enc_sk.private_bytes_raw()
+        agreed = _agree_all(
+            [(agree_sk, adverts[v].agree_key, v) for v in live]
+            + [(enc_sk, adverts[v].enc_key, v) for v in live]
+        )
+        for v, s_share, k_share, mask_shared, shared in zip(
+            live, seed_shares, key_shares, agreed[: len(live)], agreed[len(live) :], strict=True
+        ):
+            pair_seeds[v] = _pairwise_seed_of(mask_shared, self.session, r, u, v)
+            key = _share_key_of(shared, self.session, r, u, v)
+            # The key of v's shares for this meter, kept for the masked-input stage.
+            inbound_keys[v] = _share_key_of(shared, self.session, r, v, u)
             nonce = self._random_bytes(NONCE_LEN)
             ad = share_ad(self.session, self._last_round, self.meter, v)
             ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
             out.append(EncryptedShare(sender=self.meter, recipient=v, ciphertext=ct))
-        self._peer_enc, self._pair_seeds = peer_enc, pair_seeds
+        self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
         reply = ShareKeys(
             v=SECAGG_WIRE_VERSION,
@@ -407,17 +435,14 @@ class SecAggClient:
 
     def _masked(self, request: MaskedInputRequest, values: masking.MaskArray) -> MaskedInput:
         p = self.params
-        assert self._enc_sk is not None
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
         held: dict[int, tuple[bytes, bytes]] = {}
         for es in request.shares:
             v = es.sender
-            if es.recipient != self.meter or v not in self._peer_enc or v in held:
+            if es.recipient != self.meter or v not in self._inbound_keys or v in held:
                 raise ProtocolError(f"unexpected or repeated share from meter {v}")
-            key = share_key(
-                self._enc_sk, self._peer_enc[v], self.session, self._last_round, v, self.meter
-            )
+            key = self._inbound_keys[v]
             nonce, body = es.ciphertext[:NONCE_LEN], es.ciphertext[NONCE_LEN:]
             try:
                 plain = ChaCha20Poly1305(key).decrypt(
