@@ -33,7 +33,9 @@ the share of the self-mask seed (survivor) or of the key (dropped), never both.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -42,11 +44,9 @@ from typing import Final, cast
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gridsim import _core
@@ -80,15 +80,33 @@ SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
 SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
+_NO_SALT: Final = bytes(32)
 
 
+@functools.lru_cache(maxsize=64)
 def _context(session: str, round: int) -> bytes:
     s = session.encode()
     return len(s).to_bytes(4, "little") + s + round.to_bytes(8, "little")
 
 
+def _hkdf_extract(shared: bytes) -> bytes:
+    """HKDF-SHA256-Extract (RFC 5869) without salt: HMAC keyed with 32 zero bytes."""
+    return hmac.digest(_NO_SALT, shared, "sha256")
+
+
+def _hkdf_expand(prk: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256-Expand (RFC 5869) to 32 bytes, one block: HMAC(prk, info || 0x01)."""
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
 def _hkdf(shared: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+    """HKDF-SHA256 of ``shared`` without salt, 32 bytes (equal to ``cryptography``'s HKDF).
+
+    Written with :func:`hmac.digest` so that one extraction serves the keys of both
+    directions of a pair; this runs tens of thousands of times per round in a process
+    that simulates many meters.
+    """
+    return _hkdf_expand(_hkdf_extract(shared), info)
 
 
 def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
@@ -152,14 +170,16 @@ def share_key(
 
 
 def _share_key_of(shared: bytes, session: str, round: int, sender: int, recipient: int) -> bytes:
-    # One X25519 secret per pair of meters gives the keys of both directions.
-    info = (
+    return _hkdf_expand(_hkdf_extract(shared), _share_key_info(session, round, sender, recipient))
+
+
+def _share_key_info(session: str, round: int, sender: int, recipient: int) -> bytes:
+    return (
         SHARE_KEY_INFO
         + _context(session, round)
         + sender.to_bytes(4, "little")
         + recipient.to_bytes(4, "little")
     )
-    return _hkdf(shared, info)
 
 
 def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
@@ -381,9 +401,11 @@ class SecAggClient:
             live, seed_shares, key_shares, agreed[: len(live)], agreed[len(live) :], strict=True
         ):
             pair_seeds[v] = _pairwise_seed_of(mask_shared, self.session, r, u, v)
-            key = _share_key_of(shared, self.session, r, u, v)
-            # The key of v's shares for this meter, kept for the masked-input stage.
-            inbound_keys[v] = _share_key_of(shared, self.session, r, v, u)
+            # One X25519 secret per pair gives the share keys of both directions; the
+            # key of v's shares for this meter is kept for the masked-input stage.
+            prk = _hkdf_extract(shared)
+            key = _hkdf_expand(prk, _share_key_info(self.session, r, u, v))
+            inbound_keys[v] = _hkdf_expand(prk, _share_key_info(self.session, r, v, u))
             nonce = self._random_bytes(NONCE_LEN)
             ad = share_ad(self.session, self._last_round, self.meter, v)
             ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)

@@ -1,4 +1,4 @@
-"""X25519 agreement in the Rust core, and the memo of verified signatures.
+"""X25519 agreement in the Rust core, HKDF, and the memo of verified signatures.
 
 The client derives its pairwise secrets with the Rust core's batched X25519; it
 must agree with OpenSSL's (through ``cryptography``) bit for bit, or meters and a
@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridsim import _core
 from gridsim.exceptions import InvalidInputError, ProtocolError
 from gridsim.secagg import messages as msg
-from gridsim.secagg.client import public_bytes
+from gridsim.secagg.client import _hkdf, public_bytes
 
 from .test_protocol import _config, federation, inputs_for, run_round
 
@@ -73,3 +75,13 @@ def test_a_remembered_signature_does_not_cover_a_changed_message() -> None:
     truncated = msgspec.structs.replace(request, sig=request.sig[:63])
     with pytest.raises(ProtocolError, match="bad signature on UnmaskRequest"):
         msg.verify_signature(truncated, key.public_key())
+
+
+def test_hkdf_matches_rfc5869_and_cryptography() -> None:
+    # RFC 5869 test case 3 (no salt, empty info): the first 32 bytes of its OKM.
+    okm = bytes.fromhex("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d")
+    assert _hkdf(b"\x0b" * 22, b"") == okm
+    for n in range(20):
+        shared, info = bytes([n]) * 32, b"gridsim/info" * n
+        reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
+        assert _hkdf(shared, info) == reference.derive(shared)
