@@ -125,3 +125,10 @@ def shamir_split(
 
 def shamir_combine(shares: list[bytes]) -> bytes:
     """Reconstruct the 32-byte secret from at least t encoded shares."""
+
+def x25519_public_key(secret: bytes) -> bytes:
+    """The public key of a 32-byte X25519 secret (RFC 7748)."""
+
+def x25519_agree(secrets: list[bytes], publics: list[bytes]) -> list[bytes | None]:
+    """The shared secret of each ``secrets[i]`` and ``publics[i]`` (GIL released, rayon);
+    None where it is all zeros (a low-order public key), which the caller must refuse."""

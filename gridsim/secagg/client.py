@@ -33,7 +33,9 @@ the share of the self-mask seed (survivor) or of the key (dropped), never both.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -42,13 +44,12 @@ from typing import Final, cast
 import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from gridsim import _core
 from gridsim.exceptions import GridsimError, ProtocolError
 from gridsim.secagg import masking
 from gridsim.secagg.graph import min_degree, neighbor_graph, resolve_degree, threshold_for
@@ -79,15 +80,33 @@ SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
 SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
+_NO_SALT: Final = bytes(32)
 
 
+@functools.lru_cache(maxsize=64)
 def _context(session: str, round: int) -> bytes:
     s = session.encode()
     return len(s).to_bytes(4, "little") + s + round.to_bytes(8, "little")
 
 
+def _hkdf_extract(shared: bytes) -> bytes:
+    """HKDF-SHA256-Extract (RFC 5869) without salt: HMAC keyed with 32 zero bytes."""
+    return hmac.digest(_NO_SALT, shared, "sha256")
+
+
+def _hkdf_expand(prk: bytes, info: bytes) -> bytes:
+    """HKDF-SHA256-Expand (RFC 5869) to 32 bytes, one block: HMAC(prk, info || 0x01)."""
+    return hmac.digest(prk, info + b"\x01", "sha256")
+
+
 def _hkdf(shared: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+    """HKDF-SHA256 of ``shared`` without salt, 32 bytes (equal to ``cryptography``'s HKDF).
+
+    Written with :func:`hmac.digest` so that one extraction serves the keys of both
+    directions of a pair; this runs tens of thousands of times per round in a process
+    that simulates many meters.
+    """
+    return _hkdf_expand(_hkdf_extract(shared), info)
 
 
 def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
@@ -95,6 +114,19 @@ def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
         return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError:
         raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key") from None
+
+
+def _agree_all(pairs: list[tuple[bytes, bytes, int]]) -> list[bytes]:
+    """The X25519 secret of each ``(private, peer_public, peer)``, in one call.
+
+    The Rust core computes them with the GIL released, over both cores; the results
+    equal :meth:`X25519PrivateKey.exchange`'s (RFC 7748).
+    """
+    shared = _core.x25519_agree([p[0] for p in pairs], [p[1] for p in pairs])
+    for (_, _, peer), secret in zip(pairs, shared, strict=True):
+        if secret is None:
+            raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key")
+    return cast(list[bytes], shared)
 
 
 def public_bytes(key: X25519PrivateKey) -> bytes:
@@ -110,6 +142,10 @@ def pairwise_seed(
     ``info`` binds the domain, session, round and the ordered pair, so both meters
     (and the server, given a dropped meter's key) derive the same seed.
     """
+    return _pairwise_seed_of(_exchange(private, peer_public, b), session, round, a, b)
+
+
+def _pairwise_seed_of(shared: bytes, session: str, round: int, a: int, b: int) -> bytes:
     lo, hi = min(a, b), max(a, b)
     info = (
         PAIRWISE_SEED_INFO
@@ -117,7 +153,7 @@ def pairwise_seed(
         + lo.to_bytes(4, "little")
         + hi.to_bytes(4, "little")
     )
-    return _hkdf(_exchange(private, peer_public, b), info)
+    return _hkdf(shared, info)
 
 
 def share_key(
@@ -129,13 +165,21 @@ def share_key(
     recipient: int,
 ) -> bytes:
     """The ChaCha20-Poly1305 key for shares sent from ``sender`` to ``recipient``."""
-    info = (
+    shared = _exchange(private, peer_public, min(sender, recipient))
+    return _share_key_of(shared, session, round, sender, recipient)
+
+
+def _share_key_of(shared: bytes, session: str, round: int, sender: int, recipient: int) -> bytes:
+    return _hkdf_expand(_hkdf_extract(shared), _share_key_info(session, round, sender, recipient))
+
+
+def _share_key_info(session: str, round: int, sender: int, recipient: int) -> bytes:
+    return (
         SHARE_KEY_INFO
         + _context(session, round)
         + sender.to_bytes(4, "little")
         + recipient.to_bytes(4, "little")
     )
-    return _hkdf(_exchange(private, peer_public, min(sender, recipient)), info)
 
 
 def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
@@ -195,7 +239,7 @@ class SecAggClient:
         self._agree_sk: X25519PrivateKey | None = None
         self._self_seed = b""
         self._advert: AdvertiseKeys | None = None
-        self._peer_enc: dict[int, bytes] = {}
+        self._inbound_keys: dict[int, bytes] = {}
         self._pair_seeds: dict[int, bytes] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}
         self.quantized: masking.MaskArray | None = None
@@ -285,7 +329,7 @@ class SecAggClient:
         self._params = p
         self._neighbors = graph[self.meter]
         self._enc_sk, self._agree_sk, self._self_seed = enc_sk, agree_sk, self_seed
-        self._peer_enc, self._pair_seeds, self._held = {}, {}, {}
+        self._pair_seeds, self._held, self._inbound_keys = {}, {}, {}
         self.quantized, self.saturated = None, 0
         self._expect = Stage.SHARE
         reply = AdvertiseKeys(
@@ -345,22 +389,28 @@ class SecAggClient:
             xs=xs,
         )
         out: list[EncryptedShare] = []
-        peer_enc: dict[int, bytes] = {}
         pair_seeds: dict[int, bytes] = {}
-        for v, s_share, k_share in zip(live, seed_shares, key_shares, strict=True):
-            adv = adverts[v]
-            peer_enc[v] = adv.enc_key
-            pair_seeds[v] = pairwise_seed(
-                self._agree_sk, adv.agree_key, self.session, self._last_round, self.meter, v
-            )
-            key = share_key(
-                self._enc_sk, adv.enc_key, self.session, self._last_round, self.meter, v
-            )
+        inbound_keys: dict[int, bytes] = {}
+        u, r = self.meter, self._last_round
+        agree_sk, enc_sk = self._agree_sk.private_bytes_raw(), self._enc_sk.private_bytes_raw()
+        agreed = _agree_all(
+            [(agree_sk, adverts[v].agree_key, v) for v in live]
+            + [(enc_sk, adverts[v].enc_key, v) for v in live]
+        )
+        for v, s_share, k_share, mask_shared, shared in zip(
+            live, seed_shares, key_shares, agreed[: len(live)], agreed[len(live) :], strict=True
+        ):
+            pair_seeds[v] = _pairwise_seed_of(mask_shared, self.session, r, u, v)
+            # One X25519 secret per pair gives the share keys of both directions; the
+            # key of v's shares for this meter is kept for the masked-input stage.
+            prk = _hkdf_extract(shared)
+            key = _hkdf_expand(prk, _share_key_info(self.session, r, u, v))
+            inbound_keys[v] = _hkdf_expand(prk, _share_key_info(self.session, r, v, u))
             nonce = self._random_bytes(NONCE_LEN)
             ad = share_ad(self.session, self._last_round, self.meter, v)
             ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
             out.append(EncryptedShare(sender=self.meter, recipient=v, ciphertext=ct))
-        self._peer_enc, self._pair_seeds = peer_enc, pair_seeds
+        self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
         reply = ShareKeys(
             v=SECAGG_WIRE_VERSION,
@@ -407,17 +457,14 @@ class SecAggClient:
 
     def _masked(self, request: MaskedInputRequest, values: masking.MaskArray) -> MaskedInput:
         p = self.params
-        assert self._enc_sk is not None
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
         held: dict[int, tuple[bytes, bytes]] = {}
         for es in request.shares:
             v = es.sender
-            if es.recipient != self.meter or v not in self._peer_enc or v in held:
+            if es.recipient != self.meter or v not in self._inbound_keys or v in held:
                 raise ProtocolError(f"unexpected or repeated share from meter {v}")
-            key = share_key(
-                self._enc_sk, self._peer_enc[v], self.session, self._last_round, v, self.meter
-            )
+            key = self._inbound_keys[v]
             nonce, body = es.ciphertext[:NONCE_LEN], es.ciphertext[NONCE_LEN:]
             try:
                 plain = ChaCha20Poly1305(key).decrypt(

@@ -26,6 +26,8 @@ that only the sending and receiving meter can open; the server relays them.
 from __future__ import annotations
 
 import enum
+import hashlib
+import threading
 from typing import Annotated, Final, TypeAlias, TypeVar
 
 import msgspec
@@ -239,12 +241,34 @@ def sign(msg: M, key: Ed25519PrivateKey) -> M:
     return msgspec.structs.replace(msg, sig=key.sign(signed_bytes(msg)))
 
 
+VERIFIED_MEMO_SIZE: Final = 16384
+"""How many verified (key, message, signature) triples a process remembers."""
+
+_verified: dict[bytes, None] = {}
+_verified_lock = threading.Lock()
+
+
 def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
-    """Raise :class:`ProtocolError` unless ``msg.sig`` is ``key``'s signature of it."""
+    """Raise :class:`ProtocolError` unless ``msg.sig`` is ``key``'s signature of it.
+
+    Verification is a pure function of the key, the signed bytes and the signature,
+    so a process remembers the triples that verified (by SHA-256, the last
+    :data:`VERIFIED_MEMO_SIZE`): when the meters of one process check the same
+    neighbour's advertisement or the same broadcast request, only the first pays for
+    the Ed25519 verification. Failures are never remembered.
+    """
+    data = signed_bytes(msg)
+    memo = hashlib.sha256(key.public_bytes_raw() + bytes([len(msg.sig)]) + msg.sig + data).digest()
+    if memo in _verified:
+        return
     try:
-        key.verify(msg.sig, signed_bytes(msg))
+        key.verify(msg.sig, data)
     except InvalidSignature:
         raise ProtocolError(f"bad signature on {type(msg).__name__}") from None
+    with _verified_lock:
+        if len(_verified) >= VERIFIED_MEMO_SIZE:
+            del _verified[next(iter(_verified))]
+        _verified[memo] = None
 
 
 def check_stage(msg: SecAggMessage) -> None:

@@ -10,6 +10,7 @@ pub mod merkle;
 pub mod prg;
 pub mod quant;
 pub mod shamir;
+pub mod x25519;
 
 #[cfg(feature = "python")]
 mod bind;

@@ -9,6 +9,7 @@ mod dgauss;
 mod fedavg;
 mod masking;
 mod merkle;
+mod x25519;
 
 /// Converts a core error into the matching exception of `gridsim.exceptions`.
 pub(crate) fn to_py_err(py: Python<'_>, err: CoreError) -> PyErr {
@@ -34,5 +35,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     merkle::register(m)?;
     dgauss::register(m)?;
     masking::register(m)?;
+    x25519::register(m)?;
     Ok(())
 }

@@ -1,0 +1,63 @@
+//! Bindings of X25519 key agreement (`x25519`).
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::to_py_err;
+use crate::error::CoreError;
+use crate::x25519::{self, KEY_LEN};
+
+fn key(py: Python<'_>, what: &str, bytes: &[u8]) -> PyResult<[u8; KEY_LEN]> {
+    bytes.try_into().map_err(|_| {
+        to_py_err(
+            py,
+            CoreError::InvalidArgument(format!(
+                "an X25519 {what} is {KEY_LEN} bytes, got {}",
+                bytes.len()
+            )),
+        )
+    })
+}
+
+/// The public key of a 32-byte X25519 secret (RFC 7748).
+#[pyfunction]
+fn x25519_public_key<'py>(py: Python<'py>, secret: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    let secret = key(py, "secret", secret)?;
+    Ok(PyBytes::new(py, &x25519::public_key(&secret)))
+}
+
+/// The shared secret of `secrets[i]` and `publics[i]` for each i, computed with
+/// the GIL released over rayon's pool; None where the agreement is all zeros
+/// (a low-order public key), which the caller must refuse.
+#[pyfunction]
+fn x25519_agree<'py>(
+    py: Python<'py>,
+    secrets: Vec<Vec<u8>>,
+    publics: Vec<Vec<u8>>,
+) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+    if secrets.len() != publics.len() {
+        return Err(to_py_err(
+            py,
+            CoreError::LengthMismatch {
+                expected: secrets.len(),
+                got: publics.len(),
+            },
+        ));
+    }
+    let pairs = secrets
+        .iter()
+        .zip(&publics)
+        .map(|(s, p)| Ok((key(py, "secret", s)?, key(py, "public key", p)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let shared = py.detach(|| x25519::agree_many(&pairs));
+    Ok(shared
+        .iter()
+        .map(|s| s.as_ref().map(|s| PyBytes::new(py, s)))
+        .collect())
+}
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(x25519_public_key, m)?)?;
+    m.add_function(wrap_pyfunction!(x25519_agree, m)?)?;
+    Ok(())
+}

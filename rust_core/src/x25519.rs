@@ -1,0 +1,103 @@
+//! X25519 key agreement (RFC 7748) for the pairwise secrets of SecAgg+.
+//!
+//! A meter agrees one secret with each neighbour for every round, twice (the
+//! mask-agreement key and the share-encryption key), so a process simulating
+//! many meters runs tens of thousands of agreements per round. [`agree_many`]
+//! runs a batch of them over rayon's pool; the binding layer calls it with the
+//! GIL released.
+//!
+//! Secrets are clamped as RFC 7748 section 5 prescribes. An agreement whose
+//! result is all zeros (the peer sent a low-order point) is non-contributory:
+//! it is reported as `None`, and the caller must abort (RFC 7748 section 6.1).
+
+use rayon::prelude::*;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+/// Bytes in an X25519 secret, public key and shared secret.
+pub const KEY_LEN: usize = 32;
+
+/// Agreements per rayon task: fewer are not worth a thread hop.
+const MIN_PER_TASK: usize = 8;
+
+/// The public key of `secret` (its clamped scalar times the base point).
+pub fn public_key(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+/// The shared secret of `secret` and `public`; None when it is all zeros.
+pub fn agree(secret: &[u8; KEY_LEN], public: &[u8; KEY_LEN]) -> Option<[u8; KEY_LEN]> {
+    let shared = StaticSecret::from(*secret).diffie_hellman(&PublicKey::from(*public));
+    shared.was_contributory().then(|| shared.to_bytes())
+}
+
+/// [`agree`] for each `(secret, public)` pair, in order, over rayon's pool.
+pub fn agree_many(pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])]) -> Vec<Option<[u8; KEY_LEN]>> {
+    pairs
+        .par_iter()
+        .with_min_len(MIN_PER_TASK)
+        .map(|(secret, public)| agree(secret, public))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> [u8; KEY_LEN] {
+        let v: Vec<u8> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    }
+
+    // RFC 7748 section 6.1: Alice's and Bob's key pairs and their shared secret.
+    const ALICE_SK: &str = "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a";
+    const ALICE_PK: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    const BOB_SK: &str = "5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb";
+    const BOB_PK: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+    const SHARED: &str = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+
+    #[test]
+    fn rfc7748_section_6_1() {
+        assert_eq!(public_key(&unhex(ALICE_SK)), unhex(ALICE_PK));
+        assert_eq!(public_key(&unhex(BOB_SK)), unhex(BOB_PK));
+        assert_eq!(agree(&unhex(ALICE_SK), &unhex(BOB_PK)), Some(unhex(SHARED)));
+        assert_eq!(agree(&unhex(BOB_SK), &unhex(ALICE_PK)), Some(unhex(SHARED)));
+    }
+
+    #[test]
+    fn rfc7748_section_5_2_single_iteration() {
+        let k = unhex("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4");
+        let u = unhex("e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c");
+        let out = unhex("c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552");
+        assert_eq!(agree(&k, &u), Some(out));
+    }
+
+    #[test]
+    fn low_order_point_is_refused() {
+        // u = 0 and u = 1 are points of small order: every scalar maps them to zero.
+        let sk = unhex(ALICE_SK);
+        assert_eq!(agree(&sk, &[0u8; KEY_LEN]), None);
+        let mut one = [0u8; KEY_LEN];
+        one[0] = 1;
+        assert_eq!(agree(&sk, &one), None);
+    }
+
+    #[test]
+    fn batch_matches_one_by_one_in_order() {
+        let pairs: Vec<_> = (0u8..40)
+            .map(|i| {
+                let sk = [i.wrapping_mul(7).wrapping_add(1); KEY_LEN];
+                let peer = public_key(&[i.wrapping_mul(13).wrapping_add(2); KEY_LEN]);
+                (sk, if i == 17 { [0u8; KEY_LEN] } else { peer })
+            })
+            .collect();
+        let batch = agree_many(&pairs);
+        assert_eq!(batch.len(), pairs.len());
+        for ((sk, pk), got) in pairs.iter().zip(&batch) {
+            assert_eq!(*got, agree(sk, pk));
+        }
+        assert_eq!(batch[17], None);
+    }
+}

@@ -1,0 +1,87 @@
+"""X25519 agreement in the Rust core, HKDF, and the memo of verified signatures.
+
+The client derives its pairwise secrets with the Rust core's batched X25519; it
+must agree with OpenSSL's (through ``cryptography``) bit for bit, or meters and a
+server recovering a dropped meter's masks would disagree.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gridsim import _core
+from gridsim.exceptions import InvalidInputError, ProtocolError
+from gridsim.secagg import messages as msg
+from gridsim.secagg.client import _hkdf, public_bytes
+
+from .test_protocol import _config, federation, inputs_for, run_round
+
+keys = st.binary(min_size=32, max_size=32)
+
+
+@settings(max_examples=50, deadline=None)
+@given(a=keys, b=keys)
+def test_rust_x25519_agrees_with_openssl(a: bytes, b: bytes) -> None:
+    ska, skb = X25519PrivateKey.from_private_bytes(a), X25519PrivateKey.from_private_bytes(b)
+    assert _core.x25519_public_key(a) == public_bytes(ska)
+    shared = _core.x25519_agree([a, b], [public_bytes(skb), public_bytes(ska)])
+    assert shared == [ska.exchange(skb.public_key())] * 2
+
+
+def test_rust_x25519_reports_low_order_points_and_bad_lengths() -> None:
+    sk = bytes(range(32))
+    assert _core.x25519_agree([sk, sk], [bytes(32), b"\x01" + bytes(31)]) == [None, None]
+    with pytest.raises(InvalidInputError, match="32 bytes"):
+        _core.x25519_agree([sk], [bytes(31)])
+    with pytest.raises(InvalidInputError, match="length mismatch"):
+        _core.x25519_agree([sk, sk], [bytes(32)])
+
+
+def test_client_refuses_a_low_order_neighbour_key() -> None:
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=msg.Stage.SHARE)
+    meter = min(out.direct)
+    request = out.direct[meter]
+    assert isinstance(request, msg.ShareRequest)
+    roster = list(request.roster)
+    i, other = next((i, adv.meter) for i, adv in enumerate(roster) if adv.meter != meter)
+    # The neighbour itself signs a degenerate key: the signature holds, the key does not.
+    roster[i] = msg.sign(
+        msgspec.structs.replace(roster[i], enc_key=bytes(32)), fed.meter_keys[other]
+    )
+    bad = msg.sign(msgspec.structs.replace(request, roster=roster), fed.server_key)
+    with pytest.raises(ProtocolError, match=f"meter {other} advertised a degenerate X25519 key"):
+        fed.clients[meter].share_keys(bad)
+
+
+def test_a_remembered_signature_does_not_cover_a_changed_message() -> None:
+    key = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate()
+    request = msg.sign(msg.UnmaskRequest(1, "s", 3, msg.Stage.UNMASK, b"", [1, 2], []), key)
+    msg.verify_signature(request, key.public_key())  # verified, now remembered
+    msg.verify_signature(request, key.public_key())
+    changed = msgspec.structs.replace(request, survivors=[1], dropped=[2])
+    with pytest.raises(ProtocolError, match="bad signature on UnmaskRequest"):
+        msg.verify_signature(changed, key.public_key())
+    with pytest.raises(ProtocolError, match="bad signature on UnmaskRequest"):
+        msg.verify_signature(request, other.public_key())
+    truncated = msgspec.structs.replace(request, sig=request.sig[:63])
+    with pytest.raises(ProtocolError, match="bad signature on UnmaskRequest"):
+        msg.verify_signature(truncated, key.public_key())
+
+
+def test_hkdf_matches_rfc5869_and_cryptography() -> None:
+    # RFC 5869 test case 3 (no salt, empty info): the first 32 bytes of its OKM.
+    okm = bytes.fromhex("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d")
+    assert _hkdf(b"\x0b" * 22, b"") == okm
+    for n in range(20):
+        shared, info = bytes([n]) * 32, b"gridsim/info" * n
+        reference = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info)
+        assert _hkdf(shared, info) == reference.derive(shared)
