@@ -137,11 +137,21 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         },
         "size": size,
         "peer_size": peer_size,
+        "peers": {"opendp": _version("opendp"), "numpy": np.__version__},
         "repeat": repeat,
         "peer_repeat": peer_repeat,
         "results": rows,
         "target": _target(rows),
     }
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
 
 
 def _target(rows: list[dict[str, object]]) -> dict[str, object]:

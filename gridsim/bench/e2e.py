@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--flower-rounds", type=int, default=2, help="rounds of the Flower peer (0 skips it)"
     )
+    parser.add_argument(
+        "--with-dp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the default configuration (SecAgg+ with distributed DP)",
+    )
     parser.add_argument("--out", help="keep the run's output folder here")
 
 
@@ -71,8 +77,10 @@ def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
     }
 
 
-def _system(args: argparse.Namespace, out: Path, *, secagg: bool) -> dict[str, Any]:
-    """Run the whole system once and summarise its rounds."""
+def _system(
+    args: argparse.Namespace, out: Path, *, secagg: bool, dp: str = "off"
+) -> dict[str, Any]:
+    """Run the whole system once and summarise its rounds (DP off unless ``dp`` says)."""
     from gridsim.run import run as run_system
 
     cfg = RunConfig(
@@ -83,6 +91,7 @@ def _system(args: argparse.Namespace, out: Path, *, secagg: bool) -> dict[str, A
         centralized_baseline=False,
         out=str(out),
         secagg=secagg,
+        dp=dp,
     )
     summary = run_system(cfg)
     import csv
@@ -95,6 +104,7 @@ def _system(args: argparse.Namespace, out: Path, *, secagg: bool) -> dict[str, A
     update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
     return {
         "secagg": secagg,
+        "dp": summary["dp"]["mode"],
         "median_round_s": statistics.median(walls),
         "max_round_s": max(walls),
         "median_train_s": _median(rows, "train_s"),
@@ -113,6 +123,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gridsim-bench-"))
     plain = _system(args, out / "plain", secagg=False)
     secure = _system(args, out / "secagg", secagg=True)
+    private = None
+    if args.with_dp:
+        # The default configuration: SecAgg+ with DDGauss noise shares (epsilon 8).
+        private = _system(args, out / "secagg-ddgauss", secagg=True, dp="distributed")
     cfg = RunConfig(meters=args.meters, rounds=args.rounds, seed=args.seed)
     result: dict[str, Any] = {
         "benchmark": "e2e",
@@ -126,6 +140,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "secagg_round_overhead": secure["median_round_s"] / plain["median_round_s"],
         "local_training": _local_training(cfg, args.loop_sample),
     }
+    if private is not None:
+        result["gridsim_secagg_ddgauss"] = private
+        result["secagg_ddgauss_round_overhead"] = (
+            private["median_round_s"] / plain["median_round_s"]
+        )
     if args.flower_rounds > 0:
         try:
             from gridsim.bench.flower_peer import flower_fedavg_round_seconds
