@@ -166,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     meters.add_argument("--broker", required=True)
     meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
     meters.add_argument("--dropout", type=float, default=0.0)
+    meters.add_argument(
+        "--epsilon",
+        type=float,
+        help="the meters' own privacy budget: they account each round's announced DP "
+        "parameters and stay out of rounds that would spend more (default: no check)",
+    )
+    meters.add_argument(
+        "--delta", type=float, default=1e-5, help="the largest DP delta the meters accept"
+    )
     _add_common(meters)
 
     agg = sub.add_parser(
@@ -263,6 +272,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_meters(args: argparse.Namespace) -> int:
+    from gridsim.privacy.guard import MeterBudget
     from gridsim.run import serve_meters
     from gridsim.transport.broker import parse_broker_url, raise_open_file_limit
 
@@ -270,7 +280,10 @@ def _cmd_meters(args: argparse.Namespace) -> int:
         raise ConfigError("--session is required so meters and aggregator find each other")
     cfg = _run_config(args, meters=len(args.ids))
     raise_open_file_limit()
-    stats = asyncio.run(serve_meters(args.ids, parse_broker_url(args.broker), args.session, cfg))
+    budget = MeterBudget(args.epsilon, args.delta) if args.epsilon is not None else None
+    stats = asyncio.run(
+        serve_meters(args.ids, parse_broker_url(args.broker), args.session, cfg, budget=budget)
+    )
     print(json.dumps(stats))
     return 0
 

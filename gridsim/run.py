@@ -34,7 +34,13 @@ from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
-from gridsim.privacy.settings import DPSettings, planned_noise_shares, resolve_dp
+from gridsim.privacy.guard import MeterBudget
+from gridsim.privacy.settings import (
+    DEFAULT_EPSILON,
+    DPSettings,
+    planned_noise_shares,
+    resolve_dp,
+)
 from gridsim.progress import Progress
 from gridsim.secagg.masking import max_scale
 from gridsim.secagg.server import SecAggConfig
@@ -56,8 +62,12 @@ async def serve_meters(
     cfg: RunConfig,
     stop: asyncio.Event | None = None,
     pool: TrainingPool | None = None,
+    budget: MeterBudget | None = None,
 ) -> dict[str, int]:
-    """Run the agents of ``meters`` in this process until the aggregator stops them."""
+    """Run the agents of ``meters`` in this process until the aggregator stops them.
+
+    ``budget``: the privacy budget the meters enforce themselves (None: no check).
+    """
     pool = pool or TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
     return await run_fleet(
         meters,
@@ -67,7 +77,19 @@ async def serve_meters(
         seed=cfg.seed,
         dropout=cfg.dropout,
         stop=stop or asyncio.Event(),
+        budget=budget,
     )
+
+
+def meter_budget(cfg: RunConfig) -> MeterBudget | None:
+    """The budget meters enforce themselves: the run's, when DP is on and has one."""
+    mode = cfg.dp if cfg.dp != "auto" else ("distributed" if cfg.secagg else "off")
+    if mode == "off":
+        return None
+    epsilon = cfg.epsilon
+    if epsilon is None and cfg.noise_multiplier is None:
+        epsilon = DEFAULT_EPSILON
+    return None if epsilon is None else MeterBudget(epsilon, cfg.delta)
 
 
 def _worker_main(meters: list[int], url: str, session: str, cfg: RunConfig, threads: int) -> None:
@@ -76,7 +98,7 @@ def _worker_main(meters: list[int], url: str, session: str, cfg: RunConfig, thre
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     raise_open_file_limit()
-    asyncio.run(serve_meters(meters, parse_broker_url(url), session, cfg))
+    asyncio.run(serve_meters(meters, parse_broker_url(url), session, cfg, budget=meter_budget(cfg)))
 
 
 def split_meters(meters: int, workers: int) -> list[list[int]]:
@@ -296,7 +318,15 @@ async def run_federation(
     try:
         if cfg.workers == 1:
             fleet_task = asyncio.create_task(
-                serve_meters(list(range(cfg.meters)), address, session, cfg, stop, pool)
+                serve_meters(
+                    list(range(cfg.meters)),
+                    address,
+                    session,
+                    cfg,
+                    stop,
+                    pool,
+                    budget=meter_budget(cfg),
+                )
             )
         else:
             ctx = mp.get_context("spawn")

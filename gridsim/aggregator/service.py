@@ -432,6 +432,7 @@ class Aggregator:
             ledger_key=self._ledger_key,
             secagg_key=self._secagg_key if secure else b"",
             ddgauss=self._ddgauss_plan() if secure else None,
+            dp=dp.record() if dp is not None else None,
         )
         started = time.perf_counter()
         self._round, self._announce = rnd, codec.encode(announce)

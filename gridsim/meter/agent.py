@@ -22,6 +22,7 @@ from gridsim.meter.identity import meter_signing_key, raw_public_key
 from gridsim.meter.peers import DerivedPeerKeys
 from gridsim.meter.training_pool import DDGaussEncoding, MeterAnswer, TrainingPool
 from gridsim.privacy.ddgauss import DDGaussCodec
+from gridsim.privacy.guard import MeterBudget
 from gridsim.secagg import messages as sa
 from gridsim.secagg.client import SecAggClient
 from gridsim.transport import codec
@@ -48,8 +49,11 @@ class MeterAgent:
         seed: int,
         dropout: float = 0.0,
         peer_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        budget: MeterBudget | None = None,
     ) -> None:
         self.meter = meter
+        self.budget = budget
+        self.budget_refusals = 0
         self.session = session
         self.topics = Topics(session)
         self.pool = pool
@@ -187,6 +191,15 @@ class MeterAgent:
         if msg.train and self._silent_from(msg.round, bool(msg.secagg_key)) == 0:
             self.rounds_vanished += 1
             return
+        if msg.train and self.budget is not None:
+            reason = self.budget.refusal(msg.round, msg.dp, _plan_key(msg), self.pool.layout_dim)
+            if reason is not None:
+                # Stays out, like a meter that is offline: no training, no secure aggregation.
+                self.budget_refusals += 1
+                if msg.round not in _REFUSALS_LOGGED:  # once per round and process
+                    _REFUSALS_LOGGED.add(msg.round)
+                    log.warning("meters stay out of round %d: %s", msg.round, reason)
+                return
         if msg.train and msg.secagg_key and not self._start_secagg(msg):
             return
         self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
@@ -385,10 +398,19 @@ async def run_fleet(
     dropout: float,
     stop: asyncio.Event,
     connect_spacing_s: float = 0.002,
+    budget: MeterBudget | None = None,
 ) -> dict[str, int]:
     """Run the agents of ``meters`` until the aggregator says stop (or ``stop`` is set)."""
     agents = [
-        MeterAgent(m, address=address, session=session, pool=pool, seed=seed, dropout=dropout)
+        MeterAgent(
+            m,
+            address=address,
+            session=session,
+            pool=pool,
+            seed=seed,
+            dropout=dropout,
+            budget=budget,
+        )
         for m in meters
     ]
     started = time.perf_counter()
@@ -412,4 +434,15 @@ async def run_fleet(
         "proofs_ok": sum(a.proofs_ok for a in agents),
         "proofs_bad": sum(a.proofs_bad for a in agents),
         "proofs_missing": sum(a.proofs_missing for a in agents),
+        "budget_refusals": sum(a.budget_refusals for a in agents),
     }
+
+
+_REFUSALS_LOGGED: set[int] = set()
+
+
+def _plan_key(msg: codec.RoundAnnounce) -> tuple[int, float, float, float, float, int] | None:
+    p = msg.ddgauss
+    if p is None:
+        return None
+    return (p.padded, p.clip_norm, p.gamma, p.l2_bound, p.sigma, p.bits)

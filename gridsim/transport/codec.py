@@ -99,6 +99,9 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     secagg_key: Annotated[bytes, msgspec.Meta(max_length=32)]
     # Distributed DP: how to encode the update before secure aggregation; None otherwise.
     ddgauss: DDGaussPlan | None = None
+    # The round's DP parameters as its ledger record will carry them (None: DP off),
+    # so a meter can account the session's spend itself before it takes part.
+    dp: dict[str, str | int | float] | None = None
 
 
 class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
