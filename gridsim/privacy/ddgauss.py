@@ -32,6 +32,7 @@ the arithmetic only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 
@@ -66,25 +67,37 @@ def rotation_signs(session: str, round_: int, padded: int) -> npt.NDArray[np.flo
     return 1.0 - 2.0 * bits.astype(np.float64)
 
 
+@functools.cache
+def _sylvester(m: int) -> npt.NDArray[np.float64]:
+    """The Sylvester-ordered Hadamard matrix of order ``m``: H[i, j] = (-1)^popcount(i & j)."""
+    i = np.arange(m)
+    both = i[:, None] & i[None, :]
+    parity = np.zeros((m, m), dtype=np.int64)
+    while both.any():
+        parity ^= both & 1
+        both >>= 1
+    out: npt.NDArray[np.float64] = 1.0 - 2.0 * parity.astype(np.float64)
+    return out
+
+
 def hadamard(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """The orthonormal Walsh-Hadamard transform ``H x / sqrt(D)`` of each row of ``x``.
 
     ``x`` is ``(rows, D)`` with ``D`` a power of two; the transform is its own
-    inverse. ``log2 D`` butterfly passes, each over the whole batch at once.
+    inverse. ``H_D`` is the Kronecker product ``H_A (x) H_B`` with ``A B = D``, so
+    on each row read as an ``A x B`` matrix ``X`` (row-major) it is
+    ``H_A X H_B``: two matrix products (BLAS) instead of ``log2 D`` strided passes.
     """
     rows, n = x.shape
     if n < 1 or n & (n - 1):
         raise InvalidInputError(f"the Hadamard transform needs a power-of-two length, got {n}")
-    y = np.array(x, dtype=np.float64, copy=True)
-    h = 1
-    while h < n:
-        blocks = y.reshape(rows, n // (2 * h), 2, h)
-        a = blocks[:, :, 0, :].copy()
-        blocks[:, :, 0, :] += blocks[:, :, 1, :]
-        blocks[:, :, 1, :] = a - blocks[:, :, 1, :]
-        h *= 2
+    k = n.bit_length() - 1
+    a, b = 1 << (k // 2), 1 << (k - k // 2)
+    blocks = np.asarray(x, dtype=np.float64).reshape(rows, a, b)
+    y = np.matmul(np.matmul(_sylvester(a), blocks), _sylvester(b))
     y *= 1.0 / math.sqrt(n)
-    return y
+    out: npt.NDArray[np.float64] = y.reshape(rows, n)
+    return out
 
 
 def conditional_round(

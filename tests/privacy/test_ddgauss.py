@@ -37,6 +37,9 @@ def test_rotation_is_the_orthonormal_hadamard_transform_and_its_own_inverse() ->
     np.testing.assert_allclose(hadamard(x), expected, atol=1e-12)
     np.testing.assert_allclose(hadamard(hadamard(x)), x, atol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(hadamard(x), axis=1), np.linalg.norm(x, axis=1))
+    for n in (1, 2, 32, 512):  # odd and even powers: the Kronecker split differs
+        y = rng.normal(size=(2, n))
+        np.testing.assert_allclose(hadamard(y), y @ scipy_hadamard(n).T / math.sqrt(n), atol=1e-12)
     with pytest.raises(InvalidInputError, match="power-of-two"):
         hadamard(np.zeros((1, 12)))
 
