@@ -163,7 +163,14 @@ class MeterAgent:
         waiting = self._awaiting_proof
         if waiting is not None and (waiting[0] != msg.run or waiting[1] < msg.round):
             self.proofs_missing += 1
-            log.error("meter %d: no ledger proof for round %d", self.meter, waiting[1])
+            if (waiting[0], waiting[1]) not in _MISSING_PROOFS_LOGGED:  # once per process
+                _MISSING_PROOFS_LOGGED.add((waiting[0], waiting[1]))
+                log.warning(
+                    "no ledger proof for round %d (meter %d and maybe others of this process): "
+                    "the round was abandoned or its receipt lost; counted in proofs_missing",
+                    waiting[1],
+                    self.meter,
+                )
             self._awaiting_proof = None
 
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
@@ -439,6 +446,7 @@ async def run_fleet(
 
 
 _REFUSALS_LOGGED: set[int] = set()
+_MISSING_PROOFS_LOGGED: set[tuple[str, int]] = set()
 
 
 def _plan_key(msg: codec.RoundAnnounce) -> tuple[int, float, float, float, float, int] | None:
