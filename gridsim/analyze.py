@@ -49,19 +49,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="output folders of finished runs to tabulate (none: run the epsilon sweep)",
     )
-    p.add_argument("--meters", type=int, default=d.meters)
-    p.add_argument("--rounds", type=int, default=d.rounds)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--meters", type=int, default=d.meters, help="meters in each run")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="training rounds per run")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of data and model")
     p.add_argument(
         "--epsilons", default=DEFAULT_EPSILONS, help="comma-separated budgets; inf is no DP"
     )
     p.add_argument("--modes", default="central,distributed", help="comma-separated DP modes")
-    p.add_argument("--delta", type=float, default=d.delta)
-    p.add_argument("--clip-norm", type=float, default=d.clip_norm)
-    p.add_argument("--dp-bits", type=int, default=d.dp_bits)
+    p.add_argument("--delta", type=float, default=d.delta, help="DP delta of every point")
+    p.add_argument("--clip-norm", type=float, default=d.clip_norm, help="L2 clip of updates")
+    p.add_argument("--dp-bits", type=int, default=d.dp_bits, help="DDGauss modulus bits")
     p.add_argument("--repeats", type=int, default=2, help="runs per point (fresh noise each)")
-    p.add_argument("--days", type=int, default=d.days)
-    p.add_argument("--test-days", type=int, default=d.test_days)
+    p.add_argument("--days", type=int, default=d.days, help="days of load per meter")
+    p.add_argument("--test-days", type=int, default=d.test_days, help="held-out days")
     p.add_argument("--system", action="store_true", help="run every point as a full run over MQTT")
     p.add_argument("--out", help="also write the JSON document here")
     p.add_argument("--html", help="also write a Plotly figure (error against epsilon) here")
