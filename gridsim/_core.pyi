@@ -49,6 +49,11 @@ def sample_discrete_gaussian(
 
 # ---- secure aggregation: masks, quantisation, packing, Shamir (rust_core/src/bind/masking.rs)
 
+def fill_discrete_gaussian(
+    sigma: float, out: npt.NDArray[np.int64], seed: bytes | None = None, threads: int = 0
+) -> None:
+    """Write exact samples of N_Z(0, sigma^2) into the contiguous int64 array ``out``."""
+
 def expand_masks_u32(
     acc: npt.NDArray[np.uint32],
     seeds: npt.NDArray[np.uint8],

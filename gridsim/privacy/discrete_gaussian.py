@@ -39,9 +39,18 @@ _TAIL_SIGMAS = 40.0
 
 
 def sample_discrete_gaussian(
-    sigma: float, size: int, seed: int | None = None, *, threads: int = 0
+    sigma: float,
+    size: int,
+    seed: int | None = None,
+    *,
+    threads: int = 0,
+    out: npt.NDArray[np.int64] | None = None,
 ) -> npt.NDArray[np.int64]:
     """Return ``size`` independent exact samples of N_Z(0, sigma^2) as int64.
+
+    ``out``: a writable, C-contiguous int64 array of ``size`` elements to fill in
+    place (no allocation, no copy) and return; with the same ``seed`` it receives
+    exactly what a fresh array would.
 
     ``seed`` (an integer in ``[0, 2**256)``) makes the output reproducible: the
     same ``seed`` and ``size`` give the same array on any machine and with any
@@ -61,7 +70,20 @@ def sample_discrete_gaussian(
         if not 0 <= value < 1 << SEED_BITS:
             raise InvalidInputError(f"seed must be an integer in [0, 2**256), got {value}")
         key = value.to_bytes(SEED_BITS // 8, "little")
-    return _core.sample_discrete_gaussian(sigma, n, key, workers)
+    if out is None:
+        return _core.sample_discrete_gaussian(sigma, n, key, workers)
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == np.int64
+        and out.ndim == 1
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise InvalidInputError("out must be a writable, contiguous 1-D int64 array")
+    if out.size != n:
+        raise InvalidInputError(f"out holds {out.size} values, not size={n}")
+    _core.fill_discrete_gaussian(sigma, out, key, workers)
+    return out
 
 
 def discrete_gaussian_pmf(sigma: float, support: npt.ArrayLike) -> npt.NDArray[np.float64]:

@@ -183,3 +183,23 @@ def test_pmf_rejects_non_integer_support() -> None:
 def test_size_beyond_memory_raises_memory_error() -> None:
     with pytest.raises(MemoryError):
         sample_discrete_gaussian(1.0, 10**15)
+
+
+def test_filling_a_given_array_equals_a_fresh_draw_and_refuses_unfit_arrays() -> None:
+    fresh = sample_discrete_gaussian(7.5, 50_000, seed=5)
+    buffer = np.zeros(50_000, dtype=np.int64)
+    out = sample_discrete_gaussian(7.5, 50_000, seed=5, out=buffer, threads=1)
+    assert out is buffer
+    np.testing.assert_array_equal(buffer, fresh)
+    for bad in (
+        np.zeros(50_000, dtype=np.int32),
+        np.zeros(100_000, dtype=np.int64)[::2],
+        np.zeros((2, 25_000), dtype=np.int64),
+        np.zeros(10, dtype=np.int64),
+    ):
+        with pytest.raises(InvalidInputError):
+            sample_discrete_gaussian(7.5, 50_000, out=bad)
+    frozen = np.zeros(50_000, dtype=np.int64)
+    frozen.flags.writeable = False
+    with pytest.raises(InvalidInputError, match="writable"):
+        sample_discrete_gaussian(7.5, 50_000, out=frozen)
