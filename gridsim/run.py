@@ -257,16 +257,20 @@ def secagg_config(cfg: RunConfig, dim: int, dp: DPSettings | None = None) -> Sec
         neighbors = "all"
     elif cfg.secagg_neighbors is not None:
         neighbors = int(cfg.secagg_neighbors)
-    bits, min_survivors = 32, 0
+    bits, min_survivors, clip = 32, 0, cfg.secagg_clip
     if dp is not None and dp.ddgauss is not None:
         bits, dim = dp.ddgauss.bits, dp.ddgauss.setup.dimension
         min_survivors = dp.ddgauss.setup.noise_shares
+    elif dp is not None and dp.mode == "local":
+        # Each meter's own noise rides on its update: widen the range by 6 sd so
+        # the noise is not clipped away (a value saturates w.p. about 2e-9).
+        clip += 6.0 * dp.sigma
     return SecAggConfig(
         d=dim,
         bits=bits,
-        clip=cfg.secagg_clip,
+        clip=clip,
         # As fine as possible while the sum of every meter's input cannot wrap.
-        scale=max_scale(cfg.secagg_clip, bits, cfg.meters),
+        scale=max_scale(clip, bits, cfg.meters),
         neighbors=neighbors,  # type: ignore[arg-type]
         dropout=secagg_dropout(cfg),
         min_survivors=min_survivors,

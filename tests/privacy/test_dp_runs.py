@@ -147,6 +147,9 @@ def test_local_dp_run_reports_what_it_spent(tmp_path: Path, mosquitto: BrokerAdd
     dp = summary["dp"]
     assert dp["mode"] == "local" and dp["rounds"] == 2 and dp["epsilon"] > 0
     assert dp["budget"] is None and summary["ledger"]["verified"]
+    # The meters' own noise passes through secure aggregation's range unclipped.
+    assert summary["secagg"]["saturated_values"] == 0
+    assert summary["secagg"]["clip"] > 6 * dp["noise_multiplier"] * dp["clip_norm"]
 
 
 @pytest.mark.broker
