@@ -261,10 +261,13 @@ def secagg_config(cfg: RunConfig, dim: int, dp: DPSettings | None = None) -> Sec
     if dp is not None and dp.ddgauss is not None:
         bits, dim = dp.ddgauss.bits, dp.ddgauss.setup.dimension
         min_survivors = dp.ddgauss.setup.noise_shares
-    elif dp is not None and dp.mode == "local":
-        # Each meter's own noise rides on its update: widen the range by 6 sd so
-        # the noise is not clipped away (a value saturates w.p. about 2e-9).
-        clip += 6.0 * dp.sigma
+    elif dp is not None:
+        # An update clipped to L2 norm c has no coordinate beyond c: with that
+        # range nothing saturates. Local mode's own noise rides on the update:
+        # 6 sd more, so it is not clipped away (a value saturates w.p. ~2e-9).
+        clip = max(clip, dp.clip_norm)
+        if dp.mode == "local":
+            clip += 6.0 * dp.sigma
     return SecAggConfig(
         d=dim,
         bits=bits,

@@ -124,6 +124,8 @@ def test_central_dp_run_spends_at_most_its_budget_and_the_ledger_agrees(
     ) == pytest.approx(dp["epsilon"])
     assert summary["ledger"]["verified"]  # the auditor recomputed every round's epsilon
     assert np.isfinite(summary["metrics"]["rmse"])
+    # Clipped updates fit secure aggregation's range: nothing saturates.
+    assert summary["secagg"]["saturated_values"] == 0 and summary["secagg"]["clip"] >= 1.0
 
 
 @pytest.mark.broker
