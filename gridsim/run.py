@@ -227,6 +227,18 @@ def dp_summary(dp: DPSettings | None, report: AggregatorReport) -> dict[str, Any
         "rounds": rounds,
         "stopped": report.dp_stopped,
     }
+    if dp.sampling_rate < 1.0 and rounds > 0:
+        # Amplification by sampling holds against whoever sees the models only; the
+        # ledger and the announcements name the participants, so against their
+        # readers a meter has the guarantee of its own participations, unamplified.
+        counts: dict[int, int] = {}
+        for outcome in report.outcomes:
+            if outcome.train:
+                for m in outcome.participants:
+                    counts[m] = counts.get(m, 0) + 1
+        most = max(counts.values(), default=0)
+        out["max_participations"] = most
+        out["epsilon_participation"] = dp.epsilon_after_unsampled(most) if most > 0 else 0.0
     if dp.ddgauss is not None:
         p = dp.ddgauss
         out.update(

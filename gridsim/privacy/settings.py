@@ -129,6 +129,14 @@ class DPSettings:
 
         return epsilon_from_record(self.record(), rounds) if rounds > 0 else 0.0
 
+    def epsilon_after_unsampled(self, participations: int) -> float:
+        """Epsilon of ``participations`` rounds without amplification by sampling."""
+        from gridsim.privacy.accounting import epsilon_from_record
+
+        if participations <= 0:
+            return 0.0
+        return epsilon_from_record(dict(self.record(), sampling_rate=1.0), participations)
+
     def epsilon_cross_check(self, rounds: int) -> float | None:
         """The other accountant's epsilon (RDP for the Gaussian modes; none for DDGauss)."""
         if rounds <= 0 or self.mode == "distributed":

@@ -219,3 +219,27 @@ def test_noise_multiplier_input_for_distributed_reports_its_spend_and_records_ro
     again = DPSettings.from_record(dp.record(), rounds=5, budget=None)
     assert again.record() == dp.record() and again.codec(7876) == codec
     assert again.epsilon_after(5) == dp.epsilon_after(5)
+
+
+@pytest.mark.broker
+def test_sampled_run_also_reports_the_guarantee_of_known_participation(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    summary = run(
+        _cfg(tmp_path, mosquitto, dp="central", noise_multiplier=1.5, fraction=0.5, secagg=False)
+    )
+    dp = summary["dp"]
+    assert dp["sampling_rate"] == 0.5 and dp["rounds"] == 3
+    # Each meter is drawn independently: counts vary, none exceeds the rounds.
+    assert 1 <= dp["max_participations"] <= 3
+    assert max(summary["participants_per_round"]) <= 20
+    unamplified = dict(
+        {k: dp[k] for k in ("mode", "noise_multiplier", "clip_norm", "delta", "accountant")},
+        sampling_rate=1.0,
+    )
+    assert dp["epsilon_participation"] == pytest.approx(
+        epsilon_from_record(unamplified, dp["max_participations"])
+    )
+    # Amplification is worth something: the sampled epsilon is below that of
+    # being known to take part in every round.
+    assert dp["epsilon"] < epsilon_from_record(unamplified, 3)
