@@ -460,16 +460,7 @@ class Aggregator:
 
     def _ddgauss_plan(self) -> codec.DDGaussPlan | None:
         c = self._ddgauss
-        if c is None:
-            return None
-        return codec.DDGaussPlan(
-            padded=c.padded,
-            clip_norm=c.clip_norm,
-            gamma=c.gamma,
-            l2_bound=c.l2_bound,
-            sigma=c.sigma,
-            bits=c.bits,
-        )
+        return None if c is None else codec.DDGaussPlan(**c.plan())
 
     def _central_noise(self, rnd: FedAvgRound) -> npt.NDArray[np.float64] | None:
         """Central DP: Gaussian noise of sd z*C for the round's sum (exact sampler)."""

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiomqtt
+import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gridsim.exceptions import GridsimError, InvalidInputError, MessageError, ProtocolError
@@ -199,7 +200,8 @@ class MeterAgent:
             self.rounds_vanished += 1
             return
         if msg.train and self.budget is not None:
-            reason = self.budget.refusal(msg.round, msg.dp, _plan_key(msg), self.pool.layout_dim)
+            plan = None if msg.ddgauss is None else msgspec.structs.asdict(msg.ddgauss)
+            reason = self.budget.refusal(msg.round, msg.dp, plan, self.pool.layout_dim)
             if reason is not None:
                 # Stays out, like a meter that is offline: no training, no secure aggregation.
                 self.budget_refusals += 1
@@ -285,15 +287,7 @@ class MeterAgent:
             self._drop(self.topics.round, "distributed DP announced without secure aggregation")
             return None
         try:
-            ddgauss = DDGaussCodec(
-                dim=self.pool.layout_dim,
-                padded=plan.padded,
-                clip_norm=plan.clip_norm,
-                gamma=plan.gamma,
-                l2_bound=plan.l2_bound,
-                sigma=plan.sigma,
-                bits=plan.bits,
-            )
+            ddgauss = DDGaussCodec.from_plan(self.pool.layout_dim, msgspec.structs.asdict(plan))
         except InvalidInputError as exc:
             self._drop(self.topics.round, f"unusable distributed-DP plan: {exc}")
             return None
@@ -447,10 +441,3 @@ async def run_fleet(
 
 _REFUSALS_LOGGED: set[int] = set()
 _MISSING_PROOFS_LOGGED: set[tuple[str, int]] = set()
-
-
-def _plan_key(msg: codec.RoundAnnounce) -> tuple[int, float, float, float, float, int] | None:
-    p = msg.ddgauss
-    if p is None:
-        return None
-    return (p.padded, p.clip_norm, p.gamma, p.l2_bound, p.sigma, p.bits)

@@ -35,6 +35,8 @@ import dataclasses
 import functools
 import hashlib
 import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -161,6 +163,25 @@ class DDGaussCodec:
     l2_bound: float
     sigma: float
     bits: int
+
+    PLAN_FIELDS: ClassVar[tuple[str, ...]] = (
+        "padded",
+        "clip_norm",
+        "gamma",
+        "l2_bound",
+        "sigma",
+        "bits",
+    )
+    """What a round announcement carries of a codec (the meters know ``dim``)."""
+
+    @classmethod
+    def from_plan(cls, dim: int, plan: Mapping[str, Any]) -> DDGaussCodec:
+        """The codec an announced plan (:attr:`PLAN_FIELDS`) describes for ``dim`` values."""
+        return cls(dim, **{name: plan[name] for name in cls.PLAN_FIELDS})
+
+    def plan(self) -> dict[str, Any]:
+        """The fields a round announcement carries (:attr:`PLAN_FIELDS`)."""
+        return {name: getattr(self, name) for name in self.PLAN_FIELDS}
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.padded < self.dim or self.padded & (self.padded - 1):

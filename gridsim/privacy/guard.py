@@ -28,7 +28,7 @@ _REL_TOL = 1e-9
 @functools.lru_cache(maxsize=256)
 def _verdict(
     items: tuple[tuple[str, Any], ...],
-    plan: tuple[int, float, float, float, float, int] | None,
+    plan: tuple[tuple[str, Any], ...] | None,
     releases: int,
     budget: float,
     max_delta: float,
@@ -57,10 +57,10 @@ def _verdict(
             codec = DPSettings.from_record(record, rounds=0, budget=None).codec(dim)
         except ConfigError as exc:
             return str(exc)
-        expected = (codec.padded, codec.clip_norm, codec.gamma, codec.l2_bound, codec.sigma)
-        announced = plan[:5]
-        if codec.bits != plan[5] or not all(
-            math.isclose(a, b, rel_tol=_REL_TOL) for a, b in zip(announced, expected, strict=True)
+        announced = dict(plan)
+        if any(
+            not math.isclose(announced.get(name, math.nan), value, rel_tol=_REL_TOL)
+            for name, value in codec.plan().items()
         ):
             return "the announced encoding does not match the announced DP parameters"
     return None
@@ -81,15 +81,19 @@ class MeterBudget:
         self,
         round_: int,
         record: Mapping[str, Any] | None,
-        plan: tuple[int, float, float, float, float, int] | None,
+        plan: Mapping[str, Any] | None,
         dim: int,
     ) -> str | None:
-        """Why this meter must stay out of training round ``round_``, or None."""
+        """Why this meter must stay out of training round ``round_``, or None.
+
+        ``plan``: the announced DDGauss encoding (``DDGaussCodec.PLAN_FIELDS``).
+        """
         if record is None:
             return "the round is not differentially private"
         try:
             items = tuple(sorted(record.items()))
-            hash(items)
+            plan_items = None if plan is None else tuple(sorted(plan.items()))
+            hash((items, plan_items))
         except TypeError:
             return "its DP parameters are not flat scalars"
-        return _verdict(items, plan, round_ + 1, self.epsilon, self.max_delta, dim)
+        return _verdict(items, plan_items, round_ + 1, self.epsilon, self.max_delta, dim)

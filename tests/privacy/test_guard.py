@@ -49,12 +49,12 @@ def test_a_meter_refuses_an_encoding_with_less_noise_than_announced() -> None:
     )
     assert dp is not None
     c = dp.codec(7876)
-    plan = (c.padded, c.clip_norm, c.gamma, c.l2_bound, c.sigma, c.bits)
+    plan = c.plan()
     budget = MeterBudget(4.0, 1e-5)
     assert budget.refusal(4, dp.record(), plan, 7876) is None
     assert "would have spent" in str(budget.refusal(5, dp.record(), plan, 7876))
     # An aggregator that asks for half the noise it accounts for is caught.
-    weak = (c.padded, c.clip_norm, c.gamma, c.l2_bound, c.sigma / 2, c.bits)
+    weak = dict(plan, sigma=c.sigma / 2)
     assert "does not match" in str(budget.refusal(0, dp.record(), weak, 7876))
     assert "without its encoding" in str(budget.refusal(0, dp.record(), None, 7876))
 
