@@ -310,7 +310,7 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
     agg_cfg = aggregator_config(
         cfg,
         args.session,
-        dp_settings(cfg),
+        dp_settings(cfg, int(initial.shape[0])),
         dim=int(initial.shape[0]),
         expected_meters=args.meters,
         min_meters=args.min_meters or args.meters,

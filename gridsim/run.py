@@ -36,8 +36,9 @@ from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.privacy.guard import MeterBudget
 from gridsim.privacy.settings import (
-    DEFAULT_EPSILON,
     DPSettings,
+    effective_budget,
+    effective_mode,
     planned_noise_shares,
     resolve_dp,
 )
@@ -83,12 +84,9 @@ async def serve_meters(
 
 def meter_budget(cfg: RunConfig) -> MeterBudget | None:
     """The budget meters enforce themselves: the run's, when DP is on and has one."""
-    mode = cfg.dp if cfg.dp != "auto" else ("distributed" if cfg.secagg else "off")
-    if mode == "off":
+    if effective_mode(cfg.dp, cfg.secagg) == "off":
         return None
-    epsilon = cfg.epsilon
-    if epsilon is None and cfg.noise_multiplier is None:
-        epsilon = DEFAULT_EPSILON
+    epsilon = effective_budget(cfg.epsilon, cfg.noise_multiplier)
     return None if epsilon is None else MeterBudget(epsilon, cfg.delta)
 
 

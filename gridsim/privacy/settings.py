@@ -183,6 +183,20 @@ def planned_noise_shares(meters: int, sampling_rate: float, dropout: float) -> i
     return max(1, math.floor(meters * p - spread))
 
 
+def effective_mode(mode: str, secagg: bool) -> str:
+    """``auto`` is ``distributed`` with secure aggregation and ``off`` without."""
+    if mode == "auto":
+        return "distributed" if secagg else "off"
+    return mode
+
+
+def effective_budget(epsilon: float | None, noise_multiplier: float | None) -> float | None:
+    """The run's budget: ``--epsilon``, or the default when no noise is given either."""
+    if epsilon is None and noise_multiplier is None:
+        return DEFAULT_EPSILON
+    return epsilon
+
+
 def resolve_dp(
     mode: str,
     *,
@@ -203,8 +217,7 @@ def resolve_dp(
     ``distributed`` needs ``dimension`` (the vector length, before padding),
     ``noise_shares`` (:func:`planned_noise_shares`) and ``bits``.
     """
-    if mode == "auto":
-        mode = "distributed" if secagg else "off"
+    mode = effective_mode(mode, secagg)
     if mode == "off":
         return None
     if mode not in DP_MODES:
@@ -221,8 +234,7 @@ def resolve_dp(
         raise ConfigError("--epsilon must be positive")
     if noise_multiplier is not None and noise_multiplier <= 0:
         raise ConfigError("--noise-multiplier must be positive")
-    if epsilon is None and noise_multiplier is None:
-        epsilon = DEFAULT_EPSILON
+    epsilon = effective_budget(epsilon, noise_multiplier)
     from gridsim.privacy import accounting
 
     ddgauss = None
