@@ -424,6 +424,65 @@ def ddgauss_local_stddev_for(
     return _smallest_passing(spend, epsilon, lowest, rtol=rtol)
 
 
+def _ddgauss_signal_sq(
+    dimension: int,
+    clip_norm: float,
+    bits: int,
+    noise_shares: int,
+    k_stddevs: float,
+    rho: float,
+    norm_growth: str,
+) -> float:
+    """Checks what both parameter choices share; the signal's per-coordinate variance.
+
+    ``rho c^2 N / d`` with ``N = n^2`` (``linear``) or ``n`` (``sqrt``), see
+    :func:`choose_ddgauss_parameters`. Refuses ``bits`` that cannot hold even
+    the rounding term: ``2^b > k sqrt(n)``, whatever gamma.
+    """
+    d = _positive_int("dimension", dimension)
+    c = _positive("clip_norm", clip_norm)
+    b = _positive_int("bits", bits)
+    n = _positive_int("noise_shares", noise_shares)
+    _positive("k_stddevs", k_stddevs)
+    _positive("rho", rho)
+    if norm_growth not in ("linear", "sqrt"):
+        raise InvalidInputError(f"norm_growth must be 'linear' or 'sqrt', got {norm_growth!r}")
+    modulus = 2.0**b
+    if modulus * modulus <= n * k_stddevs * k_stddevs:
+        raise InvalidInputError(
+            f"{b} bits cannot hold {k_stddevs} stddevs of the rounding error of {n} meters; "
+            "use more bits, fewer meters per sum or a smaller k_stddevs"
+        )
+    return rho * c * c * (n * n if norm_growth == "linear" else n) / d
+
+
+def _ddgauss_result(
+    setup: DDGaussSetup,
+    *,
+    bits: int,
+    k_stddevs: float,
+    local_stddev: float,
+    noise_multiplier: float,
+    sampling_rate: float,
+    rounds: int,
+    delta: float,
+) -> DDGaussParameters:
+    return DDGaussParameters(
+        setup=setup,
+        bits=bits,
+        k_stddevs=float(k_stddevs),
+        local_stddev=local_stddev,
+        noise_multiplier=noise_multiplier,
+        l2_sensitivity=rounded_l2_sensitivity(
+            setup.clip_norm, setup.gamma, setup.beta, setup.dimension
+        ),
+        epsilon=ddgauss_epsilon(setup, local_stddev, sampling_rate, rounds, delta),
+        delta=delta,
+        sampling_rate=sampling_rate,
+        rounds=rounds,
+    )
+
+
 def choose_ddgauss_parameters(
     epsilon: float,
     delta: float,
@@ -465,22 +524,11 @@ def choose_ddgauss_parameters(
     """
     _positive("epsilon", epsilon)
     _rate("delta", delta)
-    d = _positive_int("dimension", dimension)
-    c = _positive("clip_norm", clip_norm)
-    b = _positive_int("bits", bits)
-    n = _positive_int("noise_shares", noise_shares)
-    _positive("k_stddevs", k_stddevs)
-    _positive("rho", rho)
-    if norm_growth not in ("linear", "sqrt"):
-        raise InvalidInputError(f"norm_growth must be 'linear' or 'sqrt', got {norm_growth!r}")
+    signal_sq = _ddgauss_signal_sq(
+        dimension, clip_norm, bits, noise_shares, k_stddevs, rho, norm_growth
+    )
+    d, c, b, n = dimension, clip_norm, bits, noise_shares
     modulus = 2.0**b
-    # The rounding term alone needs 2^b > k sqrt(n): no gamma can do better.
-    if modulus * modulus <= n * k_stddevs * k_stddevs:
-        raise InvalidInputError(
-            f"{b} bits cannot hold {k_stddevs} stddevs of the rounding error of {n} meters; "
-            "use more bits, fewer meters per sum or a smaller k_stddevs"
-        )
-    signal_sq = rho * c * c * (n * n if norm_growth == "linear" else n) / d
 
     def setup_at(gamma: float) -> DDGaussSetup:
         return DDGaussSetup(d, c, gamma, beta, n)
@@ -518,18 +566,15 @@ def choose_ddgauss_parameters(
             gamma_lo = mid
     setup = setup_at(gamma_hi)
     sigma = stddev_at(gamma_hi)
-    spent = ddgauss_epsilon(setup, sigma, sampling_rate, rounds, delta)
-    return DDGaussParameters(
-        setup=setup,
+    return _ddgauss_result(
+        setup,
         bits=b,
-        k_stddevs=float(k_stddevs),
+        k_stddevs=k_stddevs,
         local_stddev=sigma,
         noise_multiplier=setup.noise_multiplier(sigma),
-        l2_sensitivity=rounded_l2_sensitivity(c, gamma_hi, beta, d),
-        epsilon=spent,
-        delta=delta,
         sampling_rate=sampling_rate,
         rounds=rounds,
+        delta=delta,
     )
 
 
@@ -559,36 +604,27 @@ def ddgauss_parameters_for_noise(
     """
     z = _positive("noise_multiplier", noise_multiplier)
     _rate("delta", delta)
-    d = _positive_int("dimension", dimension)
-    c = _positive("clip_norm", clip_norm)
-    b = _positive_int("bits", bits)
-    n = _positive_int("noise_shares", noise_shares)
-    k = _positive("k_stddevs", k_stddevs)
-    half_range = 2.0**b / (2.0 * k)
-    if half_range * half_range <= n / 4.0:
-        raise InvalidInputError(
-            f"{b} bits cannot hold {k_stddevs} stddevs of the rounding error of {n} meters"
-        )
-    sigma = z * c / math.sqrt(n)
-    signal_sq = rho * c * c * (n * n if norm_growth == "linear" else n) / d
+    signal_sq = _ddgauss_signal_sq(
+        dimension, clip_norm, bits, noise_shares, k_stddevs, rho, norm_growth
+    )
+    n = noise_shares
+    half_range = 2.0**bits / (2.0 * k_stddevs)
+    sigma = z * clip_norm / math.sqrt(n)
     gamma = math.sqrt((signal_sq + n * sigma * sigma) / (half_range * half_range - n / 4.0))
-    setup = DDGaussSetup(d, c, gamma, beta, n)
     if sigma / gamma < MIN_LOCAL_SIGMA:
         raise InvalidInputError(
             f"noise multiplier {z:g} gives each meter a share of {sigma / gamma:.3g} integer "
-            f"units at {b} bits, below the 1/2 DDGauss needs; use more bits or more noise"
+            f"units at {bits} bits, below the 1/2 DDGauss needs; use more bits or more noise"
         )
-    return DDGaussParameters(
-        setup=setup,
-        bits=b,
-        k_stddevs=float(k),
+    return _ddgauss_result(
+        DDGaussSetup(dimension, clip_norm, gamma, beta, n),
+        bits=bits,
+        k_stddevs=k_stddevs,
         local_stddev=sigma,
         noise_multiplier=z,
-        l2_sensitivity=rounded_l2_sensitivity(c, gamma, beta, d),
-        epsilon=ddgauss_epsilon(setup, sigma, sampling_rate, rounds, delta),
-        delta=delta,
         sampling_rate=sampling_rate,
         rounds=rounds,
+        delta=delta,
     )
 
 
