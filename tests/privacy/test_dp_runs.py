@@ -35,6 +35,16 @@ def _cfg(tmp_path: Path, address: BrokerAddress, **over: Any) -> RunConfig:
     return RunConfig(**base)
 
 
+RECORD_KEYS = ("mode", "noise_multiplier", "clip_norm", "sampling_rate", "delta", "accountant")
+DDGAUSS_KEYS = ("dimension", "gamma", "beta", "noise_shares")
+
+
+def _recorded(dp: dict[str, Any]) -> dict[str, Any]:
+    """The DP parameters of summary.json that recompute epsilon (as a ledger record has them)."""
+    keys = RECORD_KEYS + (DDGAUSS_KEYS if dp["mode"] == "distributed" else ())
+    return {k: dp[k] for k in keys}
+
+
 def test_clipping_bounds_every_update_and_local_noise_is_added() -> None:
     rng = np.random.default_rng(0)
     delta = (rng.normal(size=(5, 100)) * np.array([[0.01], [0.1], [1], [10], [100]])).astype(
@@ -109,17 +119,7 @@ def test_central_dp_run_spends_at_most_its_budget_and_the_ledger_agrees(
     assert 3.9 < dp["epsilon"] <= 4.0 and dp["accountant"] == "pld"
     assert dp["epsilon"] <= dp["epsilon_rdp"]  # the cross-check never comes out tighter
     assert epsilon_from_record(
-        {
-            k: dp[k]
-            for k in (
-                "mode",
-                "noise_multiplier",
-                "clip_norm",
-                "sampling_rate",
-                "delta",
-                "accountant",
-            )
-        },
+        _recorded(dp),
         3,
     ) == pytest.approx(dp["epsilon"])
     assert summary["ledger"]["verified"]  # the auditor recomputed every round's epsilon
@@ -174,21 +174,7 @@ def test_distributed_dp_run_sums_exactly_and_spends_at_most_its_budget(
     released = [p for p in summary["participants_per_round"] if p]
     assert min(released) >= dp["noise_shares"]
     recomputed = epsilon_from_record(
-        {
-            k: dp[k]
-            for k in (
-                "mode",
-                "noise_multiplier",
-                "clip_norm",
-                "sampling_rate",
-                "delta",
-                "accountant",
-                "dimension",
-                "gamma",
-                "beta",
-                "noise_shares",
-            )
-        },
+        _recorded(dp),
         dp["rounds"],
     )
     assert recomputed == pytest.approx(dp["epsilon"])
@@ -233,10 +219,7 @@ def test_sampled_run_also_reports_the_guarantee_of_known_participation(
     # Each meter is drawn independently: counts vary, none exceeds the rounds.
     assert 1 <= dp["max_participations"] <= 3
     assert max(summary["participants_per_round"]) <= 20
-    unamplified = dict(
-        {k: dp[k] for k in ("mode", "noise_multiplier", "clip_norm", "delta", "accountant")},
-        sampling_rate=1.0,
-    )
+    unamplified = dict(_recorded(dp), sampling_rate=1.0)
     assert dp["epsilon_participation"] == pytest.approx(
         epsilon_from_record(unamplified, dp["max_participations"])
     )
