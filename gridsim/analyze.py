@@ -110,9 +110,8 @@ def simulate(cfg: RunConfig, *, repeat: int = 0) -> dict[str, Any]:
         elif codec is not None:
             signs = rotation_signs(session, r, codec.padded)
             encoded = codec.encode(delta, signs, rng=rng).values
-            modulus_mask = np.uint64((1 << codec.bits) - 1)
-            total = encoded.astype(np.uint64).sum(axis=0) & modulus_mask
-            mean = codec.decode(total.astype(np.uint32), signs) / cfg.meters
+            # What SecAgg+ unmasks: the words' sum (decode reduces it mod 2**bits).
+            mean = codec.decode(encoded.sum(axis=0, dtype=np.uint64), signs) / cfg.meters
         else:
             total_sum = delta.astype(np.float64).sum(axis=0)
             if dp.mode == "central":
