@@ -2,7 +2,7 @@
 
 The sampler is Canonne, Kamath and Steinke's (NeurIPS 2020): rejection from
 the discrete Laplace with exact Bernoulli(exp(-gamma)) coins, each coin an exact
-comparison of ChaCha20 output with a rational threshold (floating point settles
+comparison of AES-256-CTR keystream with a rational threshold (floating point settles
 one only where a proven error bound makes the answer certain), so the samples
 follow the exact distribution rather than a floating-point approximation of it
 (Mironov, CCS 2012). ``sigma`` is taken at the exact binary value of the float
@@ -25,7 +25,7 @@ from gridsim import _core
 from gridsim.exceptions import InvalidInputError
 
 SEED_BITS = 256
-"""Seeds are integers in ``[0, 2**256)``; they are hashed into the ChaCha20 key."""
+"""Seeds are integers in ``[0, 2**256)``; they are hashed into the AES-256 key."""
 
 MIN_SIGMA = 2.0**-16
 """Smallest accepted sigma; at it a sample is nonzero with probability below 2 exp(-2**31)."""

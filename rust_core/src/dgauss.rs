@@ -23,23 +23,45 @@
 //!
 //! Two reformulations save random bits and branches without changing any
 //! distribution: Bernoulli(exp(-1)) draws Algorithm 1's K by inversion from one
-//! uniform (P(K > k) = 1/k!), and the digits are 8 bits wide, since ChaCha20
-//! is a third of the running time.
+//! uniform (P(K > k) = 1/k!), and the digits are 8 bits wide.
+//!
+//! # Batches without data-dependent branches
+//! Written as loops, these algorithms spend most of their time in mispredicted
+//! branches: every coin is a coin flip for the branch predictor too. So
+//! [`DiscreteGaussian::fill`] runs them in batches (module `batch`): each
+//! attempt draws a fixed number of digits up front (the first four coins of
+//! the Laplace step's Algorithm 1, four Bernoulli(exp(-1)) coins for its
+//! geometric part, the first three coins of the acceptance step), decides
+//! every coin from its digit with comparisons and bit operations only, and
+//! writes its result whether or not it is accepted, advancing the output by
+//! one only if it is. A rejection anywhere restarts the whole attempt, which is
+//! still Algorithm 3 (a rejected proposal is discarded either way). Only rare
+//! cases branch to the sequential code, which continues with the *same* digits
+//! in the same roles: a digit that ties with its threshold, a run of coins that
+//! all succeed, a gamma of 1 or more. Coins drawn but not needed (after the
+//! first failing one) are ignored, which does not change any distribution
+//! because nothing depended on them. About 1.2x (integer sigma) to 1.8x
+//! (other sigma) faster than the sequential loops on the same random stream.
 //!
 //! # Which sigma
 //! `sigma` arrives as an `f64` and is taken at its exact binary value
 //! `m * 2^e`, so `sigma^2` is the rational `m^2 * 4^e`. An integer-valued sigma up
 //! to 2^31 takes a fast path whose arithmetic fits in `u128`; any other sigma goes
 //! through the same algorithms on 512-bit integers ([`Wide`]), behind the
-//! floating-point filter, which makes it about three quarters as fast.
+//! floating-point filter, at about the same speed.
 //!
 //! # Randomness
-//! ChaCha20 (`rand_chacha`). The 256-bit key is SHA-256 of a domain-separation
-//! label and a 32-byte seed, which comes from the OS (`getrandom`) unless the
-//! caller passes one for a reproducible run. The output is cut into chunks of
-//! [`CHUNK_LEN`] samples and chunk `i` draws from ChaCha20 stream `i`, so a seeded
-//! result does not depend on how many threads filled it, and a longer seeded
-//! array extends a shorter one.
+//! AES-256 in counter mode, the PRG of the mask engine (`crate::prg`, AES-NI
+//! where the CPU has it, a constant-time software AES otherwise): a CSPRNG as
+//! in NIST SP 800-90A's CTR_DRBG. The 256-bit key is SHA-256 of a
+//! domain-separation label and a 32-byte seed, which comes from the OS
+//! (`getrandom`) unless the caller passes one for a reproducible run. The
+//! output is cut into chunks of [`CHUNK_LEN`] samples and chunk `i` reads the
+//! keystream whose 128-bit big-endian counter block starts at `i * 2^64`, so a
+//! seeded result does not depend on how many threads filled it, and a longer
+//! seeded array extends a shorter one. (ChaCha20 was the first choice; at
+//! 0.6-0.8 ns per byte on the target machines it took a sixth of the batched
+//! sampler's time, AES-256-CTR about a fifteenth.)
 //!
 //! # Range
 //! The output is an `i64`, so a sampler must stop somewhere: samples with
@@ -50,19 +72,22 @@
 
 use std::cmp::Ordering;
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use aes::cipher::consts::U16;
+use aes::cipher::generic_array::GenericArray;
+use aes::cipher::{KeyIvInit, StreamCipherCore};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
+
+mod batch;
 
 /// Smallest sigma accepted. At it a sample is nonzero with probability under
 /// `2 * exp(-2^31)`; below it the exact arithmetic would need ever wider integers.
 pub const MIN_SIGMA: f64 = 1.0 / 65536.0;
 /// Largest sigma accepted (2^40, about 1.1e12).
 pub const MAX_SIGMA: f64 = 1_099_511_627_776.0;
-/// Samples per ChaCha20 stream: the unit of parallel work and of determinism.
+/// Samples per keystream: the unit of parallel work and of determinism.
 pub const CHUNK_LEN: usize = 1 << 14;
 /// Largest magnitude a sample can take (see the module documentation).
 pub const X_MAX: u64 = 1 << 62;
@@ -72,22 +97,32 @@ pub const MAX_THREADS: usize = 256;
 /// Largest sigma handled by the `u128` fast path: `2 * sigma^2 < 2^63`.
 const INT_PATH_MAX: u64 = 1 << 31;
 /// Label hashed with the seed, so a seed used elsewhere (e.g. for masks) never
-/// yields the same ChaCha20 key as the noise.
+/// yields the same AES key as the noise.
 const KEY_LABEL: &[u8] = b"gridsim/dgauss/v1\0";
 
 // ---------------------------------------------------------------------------
 // Random bits
 // ---------------------------------------------------------------------------
 
-/// ChaCha20 output, consumed as short digits and single bits from a 64-bit
-/// reservoir (a Bernoulli draw rarely needs more than one 8-bit digit, and
-/// ChaCha20 is about a third of the sampler's time, so spending 32 or 64 bits
-/// on each draw would cost dearly) and as whole words for uniform integers.
+/// Keystream bytes, read a few at a time from a 512-byte buffer: as whole
+/// digits and words by the batched sampler, as short digits and single bits
+/// from a 64-bit reservoir by the sequential code (a Bernoulli draw rarely
+/// needs more than one 8-bit digit, so spending 32 or 64 bits on each would
+/// cost dearly).
 pub struct Coins {
-    rng: ChaCha20Rng,
+    cipher: AesCtr,
+    blocks: [Block; BUFFER_BLOCKS],
+    buf: [u8; BUFFER_BYTES],
+    pos: usize,
     pool: u64,
     avail: u32,
 }
+
+type AesCtr = ctr::CtrCore<aes::Aes256Enc, ctr::flavors::Ctr128BE>;
+type Block = GenericArray<u8, U16>;
+/// AES blocks of keystream per refill of [`Coins`].
+const BUFFER_BLOCKS: usize = 32;
+const BUFFER_BYTES: usize = 16 * BUFFER_BLOCKS;
 
 /// Width of the digits the Bernoulli draws compare.
 const DIGIT_BITS: u32 = 8;
@@ -97,15 +132,49 @@ const DIGIT_BASE: u64 = 1 << DIGIT_BITS;
 const DIGIT_SCALE: f64 = DIGIT_BASE as f64;
 
 impl Coins {
-    /// The stream `stream` of the ChaCha20 key `key`.
+    /// The keystream of `key` whose counter starts at `stream * 2^64`.
     pub fn new(key: &[u8; 32], stream: u64) -> Self {
-        let mut rng = ChaCha20Rng::from_seed(*key);
-        rng.set_stream(stream);
+        let iv = (u128::from(stream) << 64).to_be_bytes();
         Coins {
-            rng,
+            cipher: AesCtr::new(key.into(), &iv.into()),
+            blocks: [Block::default(); BUFFER_BLOCKS],
+            buf: [0; BUFFER_BYTES],
+            pos: BUFFER_BYTES,
             pool: 0,
             avail: 0,
         }
+    }
+
+    /// The next buffer of keystream; what is left of the last one is dropped.
+    #[inline(never)]
+    fn refill(&mut self) {
+        self.cipher.write_keystream_blocks(&mut self.blocks);
+        for (dst, block) in self.buf.chunks_exact_mut(16).zip(&self.blocks) {
+            dst.copy_from_slice(block);
+        }
+        self.pos = 0;
+    }
+
+    /// The next `N <= 16` keystream bytes.
+    #[inline(always)]
+    fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        if self.pos + N > BUFFER_BYTES {
+            self.refill();
+        }
+        let mut out = [0; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+
+    #[inline(always)]
+    fn word(&mut self) -> u64 {
+        u64::from_le_bytes(self.bytes())
+    }
+
+    #[inline(always)]
+    fn word32(&mut self) -> u32 {
+        u32::from_le_bytes(self.bytes())
     }
 
     /// `n <= 32` fresh random bits. Bits left in the reservoir when it runs
@@ -113,7 +182,7 @@ impl Coins {
     #[inline(always)]
     fn take(&mut self, n: u32) -> u64 {
         if self.avail < n {
-            self.pool = self.rng.next_u64();
+            self.pool = self.word();
             self.avail = 64;
         }
         let v = self.pool & ((1 << n) - 1);
@@ -149,20 +218,20 @@ impl Coins {
             return m >> 16;
         }
         if n <= 1 << 32 {
-            let mut m = u64::from(self.rng.next_u32()) * n;
+            let mut m = u64::from(self.word32()) * n;
             if (m as u32 as u64) < n {
                 let threshold = (1u64 << 32) % n;
                 while (m as u32 as u64) < threshold {
-                    m = u64::from(self.rng.next_u32()) * n;
+                    m = u64::from(self.word32()) * n;
                 }
             }
             return m >> 32;
         }
-        let mut m = u128::from(self.rng.next_u64()) * u128::from(n);
+        let mut m = u128::from(self.word()) * u128::from(n);
         if (m as u64) < n {
             let threshold = n.wrapping_neg() % n;
             while (m as u64) < threshold {
-                m = u128::from(self.rng.next_u64()) * u128::from(n);
+                m = u128::from(self.word()) * u128::from(n);
             }
         }
         (m >> 64) as u64
@@ -181,10 +250,18 @@ impl Coins {
 
 /// True with probability `a / d`, `0 <= a <= d < 2^56`, `d > 0`.
 #[inline(always)]
-fn bern_ratio_small(c: &mut Coins, mut a: u64, d: u64) -> bool {
+fn bern_ratio_small(c: &mut Coins, a: u64, d: u64) -> bool {
+    let w = c.digit();
+    bern_ratio_small_from(c, w, a, d)
+}
+
+/// [`bern_ratio_small`] whose first digit `first` is already drawn.
+#[inline(always)]
+fn bern_ratio_small_from(c: &mut Coins, first: u64, mut a: u64, d: u64) -> bool {
     debug_assert!(a <= d && d > 0 && d < 1 << (64 - DIGIT_BITS));
+    let mut w = first;
     loop {
-        let lhs = c.digit() * d;
+        let lhs = w * d;
         let rhs = a << DIGIT_BITS;
         if lhs + d <= rhs {
             return true;
@@ -193,15 +270,24 @@ fn bern_ratio_small(c: &mut Coins, mut a: u64, d: u64) -> bool {
             return false;
         }
         a = rhs - lhs;
+        w = c.digit();
     }
 }
 
 /// True with probability `a / d`, `0 <= a <= d < 2^120`, `d > 0`.
 #[inline(always)]
-fn bern_ratio_u128(c: &mut Coins, mut a: u128, d: u128) -> bool {
+fn bern_ratio_u128(c: &mut Coins, a: u128, d: u128) -> bool {
+    let w = c.digit();
+    bern_ratio_u128_from(c, w, a, d)
+}
+
+/// [`bern_ratio_u128`] whose first digit `first` is already drawn.
+#[inline(always)]
+fn bern_ratio_u128_from(c: &mut Coins, first: u64, mut a: u128, d: u128) -> bool {
     debug_assert!(a <= d && d > 0 && d < 1 << (128 - DIGIT_BITS));
+    let mut w = first;
     loop {
-        let lhs = u128::from(c.digit()) * d;
+        let lhs = u128::from(w) * d;
         let rhs = a << DIGIT_BITS;
         if lhs + d <= rhs {
             return true;
@@ -210,6 +296,7 @@ fn bern_ratio_u128(c: &mut Coins, mut a: u128, d: u128) -> bool {
             return false;
         }
         a = rhs - lhs;
+        w = c.digit();
     }
 }
 
@@ -395,27 +482,33 @@ fn bern_exp(c: &mut Coins, num: u128, den: u128) -> bool {
 }
 
 /// Bernoulli(exp(-a/b)), `0 <= a <= b`, for wide integers (Algorithm 1).
-fn bern_exp_frac_wide(c: &mut Coins, a: &Wide, b: &Wide) -> bool {
+fn bern_exp_frac_wide(c: &mut Coins, a: &Wide, b: &Wide, pre: &[u8]) -> bool {
     // No shortcut for a = 0 (the first draw fails and K = 1 is odd): the
     // filtered Algorithm 1 of `accept_general` must draw the same digits.
     let mut k: u64 = 1;
     loop {
         let d = b.mul_u64(k).expect("b < 2^400 and k < 2^64");
-        if !bern_ratio_wide(c, *a, &d) {
+        let first = match pre.get(k as usize - 1) {
+            Some(&w) => u64::from(w),
+            None => c.digit(),
+        };
+        if !bern_ratio_wide_from(c, first, *a, &d) {
             return k & 1 == 1;
         }
         k += 1;
     }
 }
 
-/// Bernoulli(exp(-num/den)) for wide integers. The integer part of gamma is
+/// Bernoulli(exp(-num/den)) for wide integers, the first digits of the
+/// fractional part's Algorithm 1 coins taken from `pre` (see `batch`). The
+/// integer part of gamma is
 /// taken in steps `q` that are checked lower bounds of the quotient (a
 /// floating-point guess, verified with integer arithmetic), so no wide division
 /// is needed.
-fn bern_exp_wide(c: &mut Coins, mut num: Wide, den: &Wide) -> bool {
+fn bern_exp_wide(c: &mut Coins, mut num: Wide, den: &Wide, pre: &[u8]) -> bool {
     loop {
         if num <= *den {
-            return bern_exp_frac_wide(c, &num, den);
+            return bern_exp_frac_wide(c, &num, den, pre);
         }
         let q = num.quotient_lower_bound(den);
         let mut i: u64 = 0;
@@ -593,7 +686,8 @@ impl DiscreteGaussian {
         }
     }
 
-    /// Fills `out` with independent samples from ChaCha20 keyed by `seed`.
+    /// Fills `out` with independent samples from the keystream of `seed`, by
+    /// the batched sampler (`batch`).
     /// `threads` = 0 uses rayon's global pool (all cores), 1 runs on the calling
     /// thread, n > 1 uses a pool of n threads. The result depends only on
     /// `seed` and `out.len()`, never on `threads`.
@@ -607,16 +701,8 @@ impl DiscreteGaussian {
         let fill_chunk = |(i, chunk): (usize, &mut [i64])| {
             let mut c = Coins::new(&key, i as u64);
             match &self.params {
-                Params::Int { s, den } => {
-                    for x in chunk {
-                        *x = sample_int(&mut c, *s, *den);
-                    }
-                }
-                Params::General(g) => {
-                    for x in chunk {
-                        *x = sample_general(&mut c, g);
-                    }
-                }
+                Params::Int { s, den } => batch::fill_int(&mut c, *s, *den, chunk),
+                Params::General(g) => batch::fill_general(&mut c, g, chunk),
             }
         };
         match threads {
@@ -663,7 +749,7 @@ fn sample_general(c: &mut Coins, g: &General) -> i64 {
         if x > X_MAX {
             continue;
         }
-        if accept_general(c, g, x) {
+        if accept_general(c, g, x, &[]) {
             return signed(x, negative);
         }
     }
@@ -676,9 +762,10 @@ fn gamma_exact(g: &General, x: u64) -> Wide {
     diff.mul(&diff).expect("(x d t - n)^2 < 2^480")
 }
 
-/// The acceptance coin of Algorithm 3, Bernoulli(exp(-gamma)), in integers only.
-fn accept_general_exact(c: &mut Coins, g: &General, x: u64) -> bool {
-    bern_exp_wide(c, gamma_exact(g, x), &g.den)
+/// The acceptance coin of Algorithm 3, Bernoulli(exp(-gamma)), in integers
+/// only; the first digits of its fractional coins come from `pre`.
+fn accept_general_exact(c: &mut Coins, g: &General, x: u64, pre: &[u8]) -> bool {
+    bern_exp_wide(c, gamma_exact(g, x), &g.den, pre)
 }
 
 /// Relative error bound used by the floating-point filter (see
@@ -728,8 +815,11 @@ impl General {
 /// gb - q B is exact (Sterbenz), and each Algorithm 1 draw compares its digit
 /// w with T = (gb - q B) / k, whose error is below eb + 2^-44; the margin used
 /// is eb + 2^-10.
+///
+/// The first digits of the fractional part's coins come from `pre` (the
+/// batched sampler draws them up front; see `batch`).
 #[inline(always)]
-fn accept_general(c: &mut Coins, g: &General, x: u64) -> bool {
+fn accept_general(c: &mut Coins, g: &General, x: u64, pre: &[u8]) -> bool {
     // Conversions go through i64 (every value here is below 2^62): on x86-64
     // the signed ones are single instructions, the unsigned ones are not.
     let xf = x as i64 as f64;
@@ -749,7 +839,7 @@ fn accept_general(c: &mut Coins, g: &General, x: u64) -> bool {
         if hi >= FILTER_MAX_GAMMA || lo as i64 != hi as i64 {
             #[cfg(test)]
             tests::FALLBACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return accept_general_exact(c, g, x);
+            return accept_general_exact(c, g, x, pre);
         }
         let q = hi as i64;
         for _ in 0..q {
@@ -762,7 +852,10 @@ fn accept_general(c: &mut Coins, g: &General, x: u64) -> bool {
     let margin = eb + 1.0 / 1024.0;
     let mut k: u64 = 1;
     loop {
-        let w = c.digit();
+        let w = match pre.get(k as usize - 1) {
+            Some(&w) => u64::from(w),
+            None => c.digit(),
+        };
         let threshold = if k == 1 {
             frac_b
         } else {
@@ -790,7 +883,7 @@ fn accept_general(c: &mut Coins, g: &General, x: u64) -> bool {
     }
 }
 
-/// The ChaCha20 key for a seed: SHA-256(label || seed).
+/// The AES-256 key for a seed: SHA-256(label || seed).
 fn derive_key(seed: &[u8; 32]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(KEY_LABEL);
@@ -1107,7 +1200,10 @@ mod tests {
                 Wide::from_u128(num).mul(&Wide::pow2(200)).unwrap(),
                 Wide::from_u128(den).mul(&Wide::pow2(200)).unwrap(),
             );
-            let hits = (0..n).filter(|_| bern_exp_wide(&mut c, wn, &wd)).count() as f64 / n as f64;
+            let hits = (0..n)
+                .filter(|_| bern_exp_wide(&mut c, wn, &wd, &[]))
+                .count() as f64
+                / n as f64;
             assert!(
                 (hits - exact).abs() <= 5.0 * se,
                 "wide {num}/{den}: {hits} vs {exact}"
@@ -1116,7 +1212,7 @@ mod tests {
     }
 
     /// The floating-point filter never changes a decision: the filtered
-    /// acceptance coin and the all-integer one, fed the same ChaCha20 stream,
+    /// acceptance coin and the all-integer one, fed the same random stream,
     /// produce identical samples (any misjudged comparison would desynchronise
     /// the streams). With the error bound inflated 2^39-fold the integer
     /// fallback runs on a few per cent of the draws and must agree as well.
@@ -1150,7 +1246,7 @@ mod tests {
                     let a = sample_general(&mut fast, &g);
                     let b = loop {
                         let (x, negative) = discrete_laplace(&mut exact, g.t);
-                        if x <= X_MAX && accept_general_exact(&mut exact, &g, x) {
+                        if x <= X_MAX && accept_general_exact(&mut exact, &g, x, &[]) {
                             break signed(x, negative);
                         }
                     };
@@ -1162,6 +1258,50 @@ mod tests {
                     assert!(
                         fallbacks > 100,
                         "sigma {sigma}: the fallback was not exercised"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The same for the batched sampler: `fill_general`, whose acceptance coins
+    /// are settled in floating point wherever the error bound allows, and the
+    /// same batches with every acceptance coin decided in integers, read the
+    /// same stream and must write identical arrays; the sequential fallback
+    /// of the batches must have run (ties, long runs of successes, gamma >= 1),
+    /// and with the bound inflated 2^39-fold the integer fallback too.
+    #[test]
+    fn batched_filter_agrees_with_exact_arithmetic() {
+        for (i, sigma) in [0.5, 0.71, 3.7, 1000.5, 12345.678, 3.0e9 + 0.5]
+            .into_iter()
+            .enumerate()
+        {
+            let DiscreteGaussian {
+                params: Params::General(mut g),
+                ..
+            } = DiscreteGaussian::new(sigma).unwrap()
+            else {
+                panic!("sigma {sigma} should take the general path");
+            };
+            for slack in [FILTER_SLACK, FILTER_SLACK * 2f64.powi(39)] {
+                g.set_slack(slack);
+                let slow_before = batch::SLOW_PATHS.load(std::sync::atomic::Ordering::Relaxed);
+                let before = FALLBACKS.load(std::sync::atomic::Ordering::Relaxed);
+                let (mut fast, mut exact) = (vec![0i64; 50_000], vec![0i64; 50_000]);
+                batch::fill_general(&mut Coins::new(&[i as u8; 32], 3), &g, &mut fast);
+                batch::fill_general_exact(&mut Coins::new(&[i as u8; 32], 3), &g, &mut exact);
+                assert_eq!(fast, exact, "sigma {sigma}, slack {slack}");
+                let slow =
+                    batch::SLOW_PATHS.load(std::sync::atomic::Ordering::Relaxed) - slow_before;
+                let fallbacks = FALLBACKS.load(std::sync::atomic::Ordering::Relaxed) - before;
+                assert!(
+                    slow > 100,
+                    "sigma {sigma}: the sequential code ran {slow} times"
+                );
+                if slack > FILTER_SLACK {
+                    assert!(
+                        fallbacks > 100,
+                        "sigma {sigma}: {fallbacks} integer fallbacks"
                     );
                 }
             }
@@ -1242,7 +1382,7 @@ mod tests {
         assert_ne!(a, b);
     }
 
-    /// Chunks use distinct ChaCha20 streams: no chunk repeats another, and the
+    /// Chunks use distinct keystreams: no chunk repeats another, and the
     /// correlation of neighbouring chunks is that of independent samples
     /// (|r| < 5 / sqrt(n), false alarm < 1e-6 per pair).
     #[test]
