@@ -69,7 +69,9 @@ async def serve_meters(
 
     ``budget``: the privacy budget the meters enforce themselves (None: no check).
     """
-    pool = pool or TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
+    if pool is None:
+        pool = TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
+        await asyncio.to_thread(pool.warm_up)
     return await run_fleet(
         meters,
         address=address,
@@ -307,6 +309,7 @@ async def run_federation(
     pool: TrainingPool | None = None
     if cfg.workers == 1:
         pool = TrainingPool(meter_windows(list(range(cfg.meters)), cfg), seed=cfg.seed)
+        pool.warm_up()
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None

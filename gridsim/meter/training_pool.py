@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
-from gridsim.learning.model import Forecaster, ParamLayout
+from gridsim.learning.model import Forecaster, ParamLayout, initial_parameters
 from gridsim.learning.windows import MeterWindows
 from gridsim.privacy import gaussian_noise
 from gridsim.privacy.ddgauss import DDGaussCodec, rotation_signs
@@ -86,6 +86,21 @@ class TrainingPool:
         self._trainers: dict[TrainConfig, BatchedTrainer] = {}
         self._batches: dict[tuple[int, bool], _Batch] = {}
         self._compute = asyncio.Lock()
+
+    def warm_up(self) -> None:
+        """Evaluate and train once on one meter's data and throw the result away.
+
+        torch's first call of a traced training step (vmap and grad tracing,
+        kernel selection, thread pools) costs seconds; paid here, before the
+        meters register, it stays out of the first round's deadline.
+        """
+        if not len(self.data.meter_ids):
+            return
+        trainer = BatchedTrainer(TrainConfig())
+        model = initial_parameters(self.seed)
+        data = self.data.select(np.zeros(1, dtype=np.int64))
+        trainer.evaluate(model, data)
+        trainer.train(model, data, seed=self.seed, round_=0)
 
     def local(self, meters: list[int]) -> list[int]:
         return [m for m in meters if m in self._row]

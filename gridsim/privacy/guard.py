@@ -76,6 +76,9 @@ class MeterBudget:
             raise ConfigError("a meter's --delta must be in (0, 1)")
         self.epsilon = epsilon
         self.max_delta = max_delta
+        # The accountant's imports (dp-accounting, scipy) take seconds: pay
+        # them now rather than inside the first round's deadline.
+        import gridsim.privacy.accounting  # noqa: F401
 
     def refusal(
         self,
