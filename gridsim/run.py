@@ -309,7 +309,9 @@ async def run_federation(
     pool: TrainingPool | None = None
     if cfg.workers == 1:
         pool = TrainingPool(meter_windows(list(range(cfg.meters)), cfg), seed=cfg.seed)
-        pool.warm_up()
+        # In a thread, so Ctrl-C cancels this await rather than landing in the
+        # middle of synchronous work, where a later await could swallow it.
+        await asyncio.to_thread(pool.warm_up)
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
