@@ -39,6 +39,7 @@ from gridsim.privacy.settings import (
     DPSettings,
     effective_budget,
     effective_mode,
+    noise_to_signal,
     planned_noise_shares,
     resolve_dp,
 )
@@ -471,6 +472,17 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     # One key signs the ledger's heads and the secure-aggregation requests.
     key = aggregator_key(out)
     dp = dp_settings(cfg)  # calibrated to the budget before anything runs
+    if dp is not None:
+        ratio = noise_to_signal(dp, cfg.meters, int(initial_parameters(cfg.seed).shape[0]))
+        if ratio > 1:
+            log.warning(
+                "DP noise will outweigh the updates: each round's noise has about %.3gx the "
+                "norm of the largest averaged update (%d meters, noise multiplier %.3g); expect "
+                "the model to degrade. More meters, fewer rounds or a larger --epsilon help.",
+                ratio,
+                cfg.meters,
+                dp.noise_multiplier,
+            )
     with (
         open_ledger(out, session, key) as ledger,
         broker_for_run(cfg.broker, cfg.broker_kind) as address,

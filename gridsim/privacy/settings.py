@@ -183,6 +183,21 @@ def planned_noise_shares(meters: int, sampling_rate: float, dropout: float) -> i
     return max(1, math.floor(meters * p - spread))
 
 
+def noise_to_signal(dp: DPSettings, meters: int, dim: int) -> float:
+    """Expected L2 norm of one round's noise in the averaged update, over the clip norm.
+
+    The average of clipped updates has norm at most the clip norm C; its noise
+    has norm about ``z C sqrt(dim) / n`` for central and distributed DP (one
+    noise of sd ``z C`` on the sum of ``n = meters * sampling_rate`` updates)
+    and ``z C sqrt(dim / n)`` for local DP (every meter's own). Above 1 the
+    noise outweighs any update the meters can send, and the model degrades
+    rather than learns.
+    """
+    n = max(1.0, meters * dp.sampling_rate)
+    spread = math.sqrt(dim / n) if dp.mode == "local" else math.sqrt(dim) / n
+    return dp.noise_multiplier * spread
+
+
 def effective_mode(mode: str, secagg: bool) -> str:
     """``auto`` is ``distributed`` with secure aggregation and ``off`` without."""
     if mode == "auto":

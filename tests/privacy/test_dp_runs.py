@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from gridsim.exceptions import ConfigError
 from gridsim.learning.batched import TrainConfig
 from gridsim.meter.training_pool import privatize
 from gridsim.privacy.accounting import epsilon_from_record
-from gridsim.privacy.settings import DEFAULT_EPSILON, resolve_dp
-from gridsim.run import run
+from gridsim.privacy.settings import DEFAULT_EPSILON, noise_to_signal, resolve_dp
+from gridsim.run import dp_settings, run
 from gridsim.transport.broker import BrokerAddress
 
 
@@ -226,3 +227,19 @@ def test_sampled_run_also_reports_the_guarantee_of_known_participation(
     # Amplification is worth something: the sampled epsilon is below that of
     # being known to take part in every round.
     assert dp["epsilon"] < epsilon_from_record(unamplified, 3)
+
+
+def test_noise_to_signal_tells_a_fleet_too_small_for_its_budget() -> None:
+    """At the default budget 500 meters over 10 rounds get noise below the
+    largest averaged update, 20 meters over 50 rounds several times more; local
+    DP (every meter noised) swamps even 500 meters at the same multiplier."""
+    dim = 7876
+    ratios = {}
+    for meters, rounds in [(500, 10), (20, 50)]:
+        dp = dp_settings(RunConfig(meters=meters, rounds=rounds, dp="distributed"), dim)
+        assert dp is not None
+        ratios[meters] = noise_to_signal(dp, meters, dim)
+        local = dataclasses.replace(dp, mode="local", ddgauss=None)
+        assert noise_to_signal(local, meters, dim) > 1
+    assert ratios[500] < 1
+    assert ratios[20] > 3
