@@ -322,9 +322,10 @@ class SecAggClient:
                 f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
             )
         graph = neighbor_graph(p.meters, p.neighbors, p.graph_seed)
-        enc_sk = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
-        agree_sk = X25519PrivateKey.from_private_bytes(self._random_bytes(32))
-        self_seed = self._random_bytes(masking.SEED_LEN)
+        fresh = self._random_bytes(64 + masking.SEED_LEN)
+        enc_sk = X25519PrivateKey.from_private_bytes(fresh[:32])
+        agree_sk = X25519PrivateKey.from_private_bytes(fresh[32:64])
+        self_seed = fresh[64:]
         self._last_round = request.round
         self._params = p
         self._neighbors = graph[self.meter]
@@ -378,15 +379,15 @@ class SecAggClient:
             )
         assert self._enc_sk is not None and self._agree_sk is not None
         xs = [v + 1 for v in live]
+        # One draw for the round's Shamir coefficients and nonces: each draw is a
+        # system call, and under a busy GIL every call costs a hand-over.
+        fresh = self._random_bytes(64 + NONCE_LEN * len(live))
+        nonces = [fresh[64 + i * NONCE_LEN : 64 + (i + 1) * NONCE_LEN] for i in range(len(live))]
         seed_shares = masking.shamir_split(
-            self._self_seed, p.threshold, len(live), self._random_bytes(32), xs=xs
+            self._self_seed, p.threshold, len(live), fresh[:32], xs=xs
         )
         key_shares = masking.shamir_split(
-            self._agree_sk.private_bytes_raw(),
-            p.threshold,
-            len(live),
-            self._random_bytes(32),
-            xs=xs,
+            self._agree_sk.private_bytes_raw(), p.threshold, len(live), fresh[32:64], xs=xs
         )
         out: list[EncryptedShare] = []
         pair_seeds: dict[int, bytes] = {}
@@ -397,8 +398,14 @@ class SecAggClient:
             [(agree_sk, adverts[v].agree_key, v) for v in live]
             + [(enc_sk, adverts[v].enc_key, v) for v in live]
         )
-        for v, s_share, k_share, mask_shared, shared in zip(
-            live, seed_shares, key_shares, agreed[: len(live)], agreed[len(live) :], strict=True
+        for v, s_share, k_share, mask_shared, shared, nonce in zip(
+            live,
+            seed_shares,
+            key_shares,
+            agreed[: len(live)],
+            agreed[len(live) :],
+            nonces,
+            strict=True,
         ):
             pair_seeds[v] = _pairwise_seed_of(mask_shared, self.session, r, u, v)
             # One X25519 secret per pair gives the share keys of both directions; the
@@ -406,7 +413,6 @@ class SecAggClient:
             prk = _hkdf_extract(shared)
             key = _hkdf_expand(prk, _share_key_info(self.session, r, u, v))
             inbound_keys[v] = _hkdf_expand(prk, _share_key_info(self.session, r, v, u))
-            nonce = self._random_bytes(NONCE_LEN)
             ad = share_ad(self.session, self._last_round, self.meter, v)
             ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
             out.append(EncryptedShare(sender=self.meter, recipient=v, ciphertext=ct))

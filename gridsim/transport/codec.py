@@ -4,7 +4,8 @@ Every message is a msgspec ``Struct`` tagged with its type and carrying the
 wire version ``v``. Decoding checks the size limit before parsing, the schema
 while parsing, and value constraints after; anything that fails raises
 :class:`~gridsim.exceptions.MessageError` with a one-line reason, so callers can
-log and drop it without special cases.
+log and drop it without special cases. Messages hold plain data and never form
+reference cycles, so the garbage collector does not track them (``gc=False``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
 RunId = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[0-9a-f]+$")]
 
 
-class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True):
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, frozen=True, gc=False):
     v: int
     session: Session
 
@@ -54,7 +55,7 @@ class RollCall(Message, tag="rollcall", frozen=True):
     run: RunId
 
 
-class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     local_epochs: Annotated[int, msgspec.Meta(ge=1, le=100)]
     batch_size: Annotated[int, msgspec.Meta(ge=1, le=65536)]
     lr: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)]
@@ -62,7 +63,7 @@ class TrainPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     local_noise: Annotated[float, msgspec.Meta(ge=0.0)] = 0.0
 
 
-class DDGaussPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class DDGaussPlan(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """How meters encode their update under distributed DP (DDGauss), per round.
 
     See :class:`gridsim.privacy.ddgauss.DDGaussCodec`: ``padded`` the rotated
@@ -104,7 +105,7 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     dp: dict[str, str | int | float] | None = None
 
 
-class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
     """Error sums of the announced model on the meter's held-out days (kW units)."""
 
     sse: NonNegFloat
