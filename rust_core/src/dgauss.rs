@@ -61,7 +61,7 @@
 //! seeded result does not depend on how many threads filled it, and a longer
 //! seeded array extends a shorter one. (ChaCha20 was the first choice; at
 //! 0.6-0.8 ns per byte on the target machines it took a sixth of the batched
-//! sampler's time, AES-256-CTR about a fifteenth.)
+//! sampler's time, AES-256-CTR about a tenth.)
 //!
 //! # Range
 //! The output is an `i64`, so a sampler must stop somewhere: samples with
