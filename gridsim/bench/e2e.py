@@ -110,8 +110,11 @@ def _system(
         "median_train_s": _median(rows, "train_s"),
         "median_transport_s": _median(rows, "transport_s"),
         "median_aggregate_s": _median(rows, "aggregate_s"),
-        "messages_per_s": msgs / sum(walls),
-        "payload_mb_per_s": msgs * update_bytes / sum(walls) / 1e6,
+        # The plain protocol's count (one announcement, two messages per
+        # participant); a secure round's dozen per meter are not counted, so no
+        # figure rather than a wrong one.
+        "messages_per_s": None if secagg else msgs / sum(walls),
+        "payload_mb_per_s": None if secagg else msgs * update_bytes / sum(walls) / 1e6,
         "run_wall_s": summary["wall_s"],
         "peak_rss_mb": summary["peak_rss_mb"],
         "final_rmse": summary["metrics"]["rmse"],
