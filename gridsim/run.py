@@ -471,9 +471,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     # One key signs the ledger's heads and the secure-aggregation requests.
     key = aggregator_key(out)
-    dp = dp_settings(cfg)  # calibrated to the budget before anything runs
+    dim = int(initial_parameters(cfg.seed).shape[0])
+    dp = dp_settings(cfg, dim)  # calibrated to the budget before anything runs
     if dp is not None:
-        ratio = noise_to_signal(dp, cfg.meters, int(initial_parameters(cfg.seed).shape[0]))
+        ratio = noise_to_signal(dp, cfg.meters, dim)
         if ratio > 1:
             log.warning(
                 "DP noise will outweigh the updates: each round's noise has about %.3gx the "

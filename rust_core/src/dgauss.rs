@@ -172,6 +172,7 @@ impl Coins {
         u64::from_le_bytes(self.bytes())
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn word32(&mut self) -> u32 {
         u32::from_le_bytes(self.bytes())
@@ -191,6 +192,7 @@ impl Coins {
         v
     }
 
+    #[cfg(test)]
     #[inline(always)]
     fn bit(&mut self) -> bool {
         self.take(1) == 1
@@ -204,6 +206,7 @@ impl Coins {
     /// Uniform on `[0, n)`, `n >= 1` (Lemire's multiply-and-reject, on 16
     /// bits, a 32-bit word or a 64-bit word as `n` requires; a rejection
     /// happens with probability below n/2^16, n/2^32 or n/2^64).
+    #[cfg(test)]
     #[inline(always)]
     fn below(&mut self, n: u64) -> u64 {
         debug_assert!(n >= 1);
@@ -525,7 +528,7 @@ fn bern_exp_wide(c: &mut Coins, mut num: Wide, den: &Wide, pre: &[u8]) -> bool {
 /// Algorithm 2: a sample of the discrete Laplace with scale `t >= 1`
 /// (P(x) proportional to exp(-|x|/t)), as (magnitude, negative). Magnitudes
 /// beyond `u64` saturate; the caller rejects anything above [`X_MAX`].
-#[inline(always)]
+#[cfg(test)]
 fn discrete_laplace(c: &mut Coins, t: u64) -> (u64, bool) {
     loop {
         let u = if t == 1 { 0 } else { c.below(t) };
@@ -678,14 +681,6 @@ impl DiscreteGaussian {
         matches!(self.params, Params::Int { .. })
     }
 
-    /// One exact sample (Algorithm 3).
-    pub fn sample(&self, c: &mut Coins) -> i64 {
-        match &self.params {
-            Params::Int { s, den } => sample_int(c, *s, *den),
-            Params::General(g) => sample_general(c, g),
-        }
-    }
-
     /// Fills `out` with independent samples from the keystream of `seed`, by
     /// the batched sampler (`batch`).
     /// `threads` = 0 uses rayon's global pool (all cores), 1 runs on the calling
@@ -729,20 +724,9 @@ impl DiscreteGaussian {
     }
 }
 
-#[inline(always)]
-fn sample_int(c: &mut Coins, s: u64, den: u128) -> i64 {
-    loop {
-        let (x, negative) = discrete_laplace(c, s);
-        if x > X_MAX {
-            continue;
-        }
-        let diff = u128::from(x.abs_diff(s));
-        if bern_exp(c, diff * diff, den) {
-            return signed(x, negative);
-        }
-    }
-}
-
+/// One sample of Algorithm 3 by the sequential loops, the reference the
+/// filter test checks `accept_general` against (`fill` runs `batch`).
+#[cfg(test)]
 fn sample_general(c: &mut Coins, g: &General) -> i64 {
     loop {
         let (x, negative) = discrete_laplace(c, g.t);
@@ -1077,6 +1061,14 @@ mod tests {
     /// Times the floating-point filter handed a decision to integer arithmetic.
     pub(super) static FALLBACKS: AtomicU64 = AtomicU64::new(0);
 
+    /// The general-path constants for `sigma` (which must not be an integer).
+    fn general_params(sigma: f64) -> Box<General> {
+        match DiscreteGaussian::new(sigma).unwrap().params {
+            Params::General(g) => g,
+            Params::Int { .. } => panic!("sigma {sigma} should take the general path"),
+        }
+    }
+
     /// Exact pmf of N_Z(0, sigma^2) on [-r, r] (mass outside < 1e-30 for the r used).
     fn pmf(sigma: f64, r: i64) -> Vec<f64> {
         let w: Vec<f64> = (-r..=r)
@@ -1230,13 +1222,7 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let DiscreteGaussian {
-                params: Params::General(mut g),
-                ..
-            } = DiscreteGaussian::new(sigma).unwrap()
-            else {
-                panic!("sigma {sigma} should take the general path");
-            };
+            let mut g = general_params(sigma);
             for slack in [FILTER_SLACK, FILTER_SLACK * 2f64.powi(39)] {
                 g.set_slack(slack);
                 let before = FALLBACKS.load(std::sync::atomic::Ordering::Relaxed);
@@ -1276,13 +1262,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let DiscreteGaussian {
-                params: Params::General(mut g),
-                ..
-            } = DiscreteGaussian::new(sigma).unwrap()
-            else {
-                panic!("sigma {sigma} should take the general path");
-            };
+            let mut g = general_params(sigma);
             for slack in [FILTER_SLACK, FILTER_SLACK * 2f64.powi(39)] {
                 g.set_slack(slack);
                 let slow_before = batch::SLOW_PATHS.load(std::sync::atomic::Ordering::Relaxed);

@@ -233,102 +233,19 @@ fn accept_int_from(c: &mut Coins, w: [u8; ACCEPT_COINS], num: u128, den: u128) -
     bern_exp(c, num, den)
 }
 
-/// Integer sigma `s <= 2^31` (t = s, gamma = (|y| - s)^2 / den, den = 2 s^2).
-pub(super) fn fill_int(c: &mut Coins, s: u64, den: u128, out: &mut [i64]) {
-    match u_bytes(s) {
-        2 => fill_int_with::<2>(c, s, den, out),
-        4 => fill_int_with::<4>(c, s, den, out),
-        _ => fill_int_with::<8>(c, s, den, out),
-    }
-}
-
-fn fill_int_with<const UB: usize>(c: &mut Coins, s: u64, den: u128, out: &mut [i64]) {
-    let threshold = lemire_threshold(s, UB);
-    let mut us = [0u64; BATCH + 1];
-    let mut vs = [0u64; BATCH];
-    // Below 2^53, w * 3 den and num * B (num < den) fit in a u64.
-    let narrow = den < 1 << 53;
-    let den64 = den as u64;
-    let mut o = 0;
-    while o < out.len() {
-        fill_u::<UB>(c, s, threshold, &mut us);
-        fill_v(c, &mut vs);
-        let signs = c.word();
-        for (j, (&u, &v)) in us.iter().zip(&vs).enumerate() {
-            if o == out.len() {
-                break;
-            }
-            let y = s.saturating_mul(v).saturating_add(u);
-            let negative = (signs >> j) & 1 == 1;
-            let w = c.bytes::<ACCEPT_COINS>();
-            let diff = y.abs_diff(s);
-            let mut accept;
-            if narrow && diff < 1 << 26 {
-                let num = diff * diff;
-                let ab = num << DIGIT_BITS;
-                let (a1, t1) = coin(w[0], ab, den64);
-                let (a2, t2) = coin(w[1], ab, 2 * den64);
-                let (a3, t3) = coin(w[2], ab, 3 * den64);
-                accept = !a1 | (a2 & !a3);
-                if (num >= den64) | t1 | (a1 & (t2 | (a2 & (t3 | a3)))) {
-                    accept = accept_int_from(c, w, u128::from(num), den);
-                }
-            } else {
-                let d = u128::from(diff);
-                let num = d * d; // diff < 2^64 - 2^31: no overflow
-                if num < den {
-                    let ab = num << DIGIT_BITS;
-                    let (a1, t1) = coin128(w[0], ab, den);
-                    let (a2, t2) = coin128(w[1], ab, 2 * den);
-                    let (a3, t3) = coin128(w[2], ab, 3 * den);
-                    accept = !a1 | (a2 & !a3);
-                    if t1 | (a1 & (t2 | (a2 & (t3 | a3)))) {
-                        accept = accept_int_from(c, w, num, den);
-                    }
-                } else {
-                    accept = y <= X_MAX && accept_int_from(c, w, num, den);
-                }
-            }
-            accept &= !(negative & (y == 0));
-            out[o] = signed(y.min(X_MAX), negative);
-            o += usize::from(accept);
-        }
-    }
-}
-
-/// Any other sigma: the acceptance coin from the floating-point gamma and its
-/// error bound (as `accept_general`), with the integer fallback there.
-pub(super) fn fill_general(c: &mut Coins, g: &General, out: &mut [i64]) {
-    match u_bytes(g.t) {
-        2 => fill_general_with::<2, false>(c, g, out),
-        4 => fill_general_with::<4, false>(c, g, out),
-        _ => fill_general_with::<8, false>(c, g, out),
-    }
-}
-
-/// [`fill_general`] with every acceptance coin decided in integers from the
-/// same digits (for the test that the filter never changes a decision).
-#[cfg(test)]
-pub(super) fn fill_general_exact(c: &mut Coins, g: &General, out: &mut [i64]) {
-    match u_bytes(g.t) {
-        2 => fill_general_with::<2, true>(c, g, out),
-        4 => fill_general_with::<4, true>(c, g, out),
-        _ => fill_general_with::<8, true>(c, g, out),
-    }
-}
-
-fn fill_general_with<const UB: usize, const EXACT: bool>(
+/// Runs batches until `out` is full: U's, V's and a word of signs per batch,
+/// then per attempt Y = U + tV, its three acceptance digits and the decision
+/// `accept(coins, |Y|, digits)`; -0 is discarded (Algorithm 2's rejection).
+#[inline(always)]
+fn fill_batches<const UB: usize>(
     c: &mut Coins,
-    g: &General,
+    t: u64,
     out: &mut [i64],
+    mut accept: impl FnMut(&mut Coins, u64, [u8; ACCEPT_COINS]) -> bool,
 ) {
-    let t = g.t;
     let threshold = lemire_threshold(t, UB);
     let mut us = [0u64; BATCH + 1];
     let mut vs = [0u64; BATCH];
-    // The error bound of accept_general for y <= x_fast, and the margin it
-    // keeps between a digit and a threshold.
-    let margin = g.eps_fast_b + 1.0 / 1024.0;
     let mut o = 0;
     while o < out.len() {
         fill_u::<UB>(c, t, threshold, &mut us);
@@ -341,37 +258,97 @@ fn fill_general_with<const UB: usize, const EXACT: bool>(
             let y = t.saturating_mul(v).saturating_add(u);
             let negative = (signs >> j) & 1 == 1;
             let w = c.bytes::<ACCEPT_COINS>();
-            let mut accept = false;
-            let mut settled = false;
-            if !EXACT {
-                let d = y as i64 as f64 - g.tau;
-                let gb = d * d * g.inv_2s2_b; // gamma * B, as in accept_general
-                let thresholds = [gb, gb / 2.0, gb / 3.0];
-                let mut yes = [false; ACCEPT_COINS];
-                let mut sure = true;
-                for k in 0..ACCEPT_COINS {
-                    let wf = f64::from(w[k]);
-                    yes[k] = wf + 1.0 <= thresholds[k] - margin;
-                    sure &= yes[k] | (wf >= thresholds[k] + margin);
-                }
-                accept = !yes[0] | (yes[1] & !yes[2]);
-                settled = sure
-                    & !(yes[0] & yes[1] & yes[2])
-                    & (y <= g.x_fast)
-                    & (gb + g.eps_fast_b < DIGIT_SCALE);
-            }
-            if !settled {
-                count_slow();
-                accept = y <= X_MAX
-                    && if EXACT {
-                        super::accept_general_exact(c, g, y, &w)
-                    } else {
-                        accept_general(c, g, y, &w)
-                    };
-            }
-            accept &= !(negative & (y == 0));
+            let keep = accept(c, y, w) & !(negative & (y == 0));
             out[o] = signed(y.min(X_MAX), negative);
-            o += usize::from(accept);
+            o += usize::from(keep);
         }
     }
+}
+
+/// [`fill_batches`] with U drawn from the narrowest word for `t` (see [`u_bytes`]).
+#[inline(always)]
+fn fill_batches_for(
+    c: &mut Coins,
+    t: u64,
+    out: &mut [i64],
+    accept: impl FnMut(&mut Coins, u64, [u8; ACCEPT_COINS]) -> bool,
+) {
+    match u_bytes(t) {
+        2 => fill_batches::<2>(c, t, out, accept),
+        4 => fill_batches::<4>(c, t, out, accept),
+        _ => fill_batches::<8>(c, t, out, accept),
+    }
+}
+
+/// Integer sigma `s <= 2^31` (t = s, gamma = (|y| - s)^2 / den, den = 2 s^2).
+pub(super) fn fill_int(c: &mut Coins, s: u64, den: u128, out: &mut [i64]) {
+    // Below 2^53, w * 3 den and num * B (num < den) fit in a u64.
+    let narrow = den < 1 << 53;
+    let den64 = den as u64;
+    fill_batches_for(c, s, out, |c, y, w| {
+        let diff = y.abs_diff(s);
+        if narrow && diff < 1 << 26 {
+            let num = diff * diff;
+            let ab = num << DIGIT_BITS;
+            let (a1, t1) = coin(w[0], ab, den64);
+            let (a2, t2) = coin(w[1], ab, 2 * den64);
+            let (a3, t3) = coin(w[2], ab, 3 * den64);
+            if (num >= den64) | t1 | (a1 & (t2 | (a2 & (t3 | a3)))) {
+                return accept_int_from(c, w, u128::from(num), den);
+            }
+            return !a1 | (a2 & !a3);
+        }
+        let d = u128::from(diff);
+        let num = d * d; // diff < 2^64: no overflow
+        if num >= den {
+            return y <= X_MAX && accept_int_from(c, w, num, den);
+        }
+        let ab = num << DIGIT_BITS;
+        let (a1, t1) = coin128(w[0], ab, den);
+        let (a2, t2) = coin128(w[1], ab, 2 * den);
+        let (a3, t3) = coin128(w[2], ab, 3 * den);
+        if t1 | (a1 & (t2 | (a2 & (t3 | a3)))) {
+            return accept_int_from(c, w, num, den);
+        }
+        !a1 | (a2 & !a3)
+    });
+}
+
+/// Any other sigma: the acceptance coin from the floating-point gamma and its
+/// error bound (as `accept_general`), with the integer fallback there.
+pub(super) fn fill_general(c: &mut Coins, g: &General, out: &mut [i64]) {
+    // The error bound of accept_general for y <= x_fast, and the margin it
+    // keeps between a digit and a threshold.
+    let margin = g.eps_fast_b + 1.0 / 1024.0;
+    fill_batches_for(c, g.t, out, |c, y, w| {
+        let d = y as i64 as f64 - g.tau;
+        let gb = d * d * g.inv_2s2_b; // gamma * B, as in accept_general
+        let thresholds = [gb, gb / 2.0, gb / 3.0];
+        let mut yes = [false; ACCEPT_COINS];
+        let mut sure = true;
+        for k in 0..ACCEPT_COINS {
+            let wf = f64::from(w[k]);
+            yes[k] = wf + 1.0 <= thresholds[k] - margin;
+            sure &= yes[k] | (wf >= thresholds[k] + margin);
+        }
+        let settled = sure
+            & !(yes[0] & yes[1] & yes[2])
+            & (y <= g.x_fast)
+            & (gb + g.eps_fast_b < DIGIT_SCALE);
+        if settled {
+            return !yes[0] | (yes[1] & !yes[2]);
+        }
+        count_slow();
+        y <= X_MAX && accept_general(c, g, y, &w)
+    });
+}
+
+/// [`fill_general`] with every acceptance coin decided in integers from the
+/// same digits (for the test that the filter never changes a decision).
+#[cfg(test)]
+pub(super) fn fill_general_exact(c: &mut Coins, g: &General, out: &mut [i64]) {
+    fill_batches_for(c, g.t, out, |c, y, w| {
+        count_slow();
+        y <= X_MAX && super::accept_general_exact(c, g, y, &w)
+    });
 }
