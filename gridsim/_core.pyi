@@ -137,3 +137,20 @@ def x25519_public_key(secret: bytes) -> bytes:
 def x25519_agree(secrets: list[bytes], publics: list[bytes]) -> list[bytes | None]:
     """The shared secret of each ``secrets[i]`` and ``publics[i]`` (GIL released, rayon);
     None where it is all zeros (a low-order public key), which the caller must refuse."""
+
+class Ed25519Signer:
+    """An Ed25519 signing key expanded once from its 32-byte seed (RFC 8032)."""
+
+    def __init__(self, seed: bytes) -> None: ...
+    def public_key(self) -> bytes:
+        """The 32-byte public key."""
+    def sign(self, message: bytes) -> bytes:
+        """The 64-byte signature of ``message``."""
+
+def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` is ``public``'s signature of ``message`` (strict)."""
+
+def ed25519_verify_many(
+    publics: list[bytes], messages: list[bytes], signatures: list[bytes]
+) -> list[bool]:
+    """:func:`ed25519_verify` of each triple (GIL released, rayon)."""

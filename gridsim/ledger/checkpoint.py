@@ -27,11 +27,11 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gridsim.exceptions import IntegrityError, MessageError
+from gridsim.signatures import verify as ed25519_verify
 
 ED25519_TYPE: Final = 0x01
 MAX_NOTE_BYTES: Final = 64 * 1024
@@ -187,12 +187,10 @@ def open_note(data: bytes, verifier: NoteVerifier) -> str:
             f"signed by {others}"
         )
     for sig in ours:
-        try:
-            verifier.public_key.verify(sig.signature, text.encode())
-        except InvalidSignature:
+        if not ed25519_verify(verifier.public_key, sig.signature, text.encode()):
             raise IntegrityError(
                 f"signature by {verifier.name} ({verifier.key_id.hex()}) does not verify"
-            ) from None
+            )
     return text
 
 

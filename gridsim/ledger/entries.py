@@ -17,9 +17,9 @@ import struct
 from typing import Annotated, Any, ClassVar, Final
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gridsim import signatures
 from gridsim.exceptions import IntegrityError, MessageError
 
 MAX_ENTRY_BYTES: Final = 16 * 1024 * 1024
@@ -84,7 +84,7 @@ class MeterContribution(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
             raise MessageError("give exactly one of payload and payload_sha256")
         digest = hashlib.sha256(payload).digest() if payload is not None else payload_sha256
         assert digest is not None
-        signature = key.sign(cls.message(session, round, meter, digest))
+        signature = signatures.sign(key, cls.message(session, round, meter, digest))
         contribution = cls(
             session=session, round=round, meter=meter, payload_sha256=digest, signature=signature
         )
@@ -97,12 +97,10 @@ class MeterContribution(msgspec.Struct, forbid_unknown_fields=True, frozen=True)
 
     def verify(self, public_key: Ed25519PublicKey) -> None:
         """Raise :class:`IntegrityError` unless ``public_key`` made :attr:`signature`."""
-        try:
-            public_key.verify(self.signature, self.signed_message())
-        except InvalidSignature:
+        if not signatures.verify(public_key, self.signature, self.signed_message()):
             raise IntegrityError(
                 f"meter {self.meter} round {self.round}: contribution signature does not verify"
-            ) from None
+            )
 
 
 class RoundRecord(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -13,6 +13,7 @@ import aiomqtt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gridsim import signatures
 from gridsim.exceptions import GridsimError, InvalidInputError, MessageError, ProtocolError
 from gridsim.learning.batched import TrainConfig
 from gridsim.ledger.audit import verify_own_contribution
@@ -297,8 +298,8 @@ class MeterAgent:
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
     ) -> None:
         e = answer.eval
-        signature = self._key.sign(
-            MeterContribution.message(self.session, round_, self.meter, digest)
+        signature = signatures.sign(
+            self._key, MeterContribution.message(self.session, round_, self.meter, digest)
         )
         update = codec.Update(
             v=codec.WIRE_VERSION,

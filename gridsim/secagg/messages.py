@@ -36,9 +36,9 @@ import threading
 from typing import Annotated, Final, TypeAlias, TypeVar
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from gridsim import signatures
 from gridsim.exceptions import MessageError, ProtocolError
 
 SECAGG_WIRE_VERSION: Final = 1
@@ -243,7 +243,7 @@ M = TypeVar(
 
 def sign(msg: M, key: Ed25519PrivateKey) -> M:
     """``msg`` with ``sig`` set to the signer's Ed25519 signature of :func:`signed_bytes`."""
-    return msgspec.structs.replace(msg, sig=key.sign(signed_bytes(msg)))
+    return msgspec.structs.replace(msg, sig=signatures.sign(key, signed_bytes(msg)))
 
 
 VERIFIED_MEMO_SIZE: Final = 16384
@@ -266,10 +266,8 @@ def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     memo = hashlib.sha256(key.public_bytes_raw() + bytes([len(msg.sig)]) + msg.sig + data).digest()
     if memo in _verified:
         return
-    try:
-        key.verify(msg.sig, data)
-    except InvalidSignature:
-        raise ProtocolError(f"bad signature on {type(msg).__name__}") from None
+    if not signatures.verify(key, msg.sig, data):
+        raise ProtocolError(f"bad signature on {type(msg).__name__}")
     with _verified_lock:
         if len(_verified) >= VERIFIED_MEMO_SIZE:
             del _verified[next(iter(_verified))]

@@ -4,6 +4,7 @@
 //! thin layer that exposes them to Python as `gridsim._core` (feature `python`).
 
 pub mod dgauss;
+pub mod ed25519;
 pub mod error;
 pub mod fedavg;
 pub mod merkle;

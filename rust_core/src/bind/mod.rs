@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use crate::error::CoreError;
 
 mod dgauss;
+mod ed25519;
 mod fedavg;
 mod masking;
 mod merkle;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fedavg::register(m)?;
     merkle::register(m)?;
     dgauss::register(m)?;
+    ed25519::register(m)?;
     masking::register(m)?;
     x25519::register(m)?;
     Ok(())
