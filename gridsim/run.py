@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -33,7 +34,7 @@ from gridsim.learning.windows import MeterWindows, make_windows
 from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
-from gridsim.meter.training_pool import TrainingPool
+from gridsim.meter.training_pool import TrainingChild, TrainingPool
 from gridsim.privacy.guard import MeterBudget
 from gridsim.privacy.settings import (
     DPSettings,
@@ -57,6 +58,28 @@ def meter_windows(meters: list[int], cfg: RunConfig) -> MeterWindows:
     return make_windows(load, test_days=cfg.test_days)
 
 
+def training_pool(meters: list[int], cfg: RunConfig, threads: int | None = None) -> TrainingPool:
+    """The batched local training of ``meters``, in a child process.
+
+    ``threads``: torch's threads there (default: every core). Under secure
+    aggregation the agents' key agreements and messages need a core while the
+    batch trains, and torch's OpenMP workers stall at every barrier when a core
+    is taken (a 0.55-s epoch took 5 s beside a busy thread), so the child trains
+    on one thread; without it the agents are idle until training ends.
+    """
+    data = meter_windows(meters, cfg)
+    if mp.current_process().daemon:
+        # A --workers process may not have children; it is apart from the
+        # aggregator already, and trains in a thread.
+        return TrainingPool(data, seed=cfg.seed)
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if cfg.secagg:
+        threads = 1
+    child = TrainingChild(functools.partial(meter_windows, meters, cfg), threads)
+    return TrainingPool(data, seed=cfg.seed, child=child)
+
+
 async def serve_meters(
     meters: list[int],
     address: BrokerAddress,
@@ -65,24 +88,31 @@ async def serve_meters(
     stop: asyncio.Event | None = None,
     pool: TrainingPool | None = None,
     budget: MeterBudget | None = None,
+    threads: int | None = None,
 ) -> dict[str, int]:
     """Run the agents of ``meters`` in this process until the aggregator stops them.
 
     ``budget``: the privacy budget the meters enforce themselves (None: no check).
     """
+    own = pool is None
     if pool is None:
-        pool = TrainingPool(meter_windows(meters, cfg), seed=cfg.seed)
-        await asyncio.to_thread(pool.warm_up)
-    return await run_fleet(
-        meters,
-        address=address,
-        session=session,
-        pool=pool,
-        seed=cfg.seed,
-        dropout=cfg.dropout,
-        stop=stop or asyncio.Event(),
-        budget=budget,
-    )
+        pool = training_pool(meters, cfg, threads)
+    try:
+        if own:
+            await asyncio.to_thread(pool.warm_up)
+        return await run_fleet(
+            meters,
+            address=address,
+            session=session,
+            pool=pool,
+            seed=cfg.seed,
+            dropout=cfg.dropout,
+            stop=stop or asyncio.Event(),
+            budget=budget,
+        )
+    finally:
+        if own:
+            pool.close()
 
 
 def meter_budget(cfg: RunConfig) -> MeterBudget | None:
@@ -99,7 +129,16 @@ def _worker_main(meters: list[int], url: str, session: str, cfg: RunConfig, thre
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     raise_open_file_limit()
-    asyncio.run(serve_meters(meters, parse_broker_url(url), session, cfg, budget=meter_budget(cfg)))
+    asyncio.run(
+        serve_meters(
+            meters,
+            parse_broker_url(url),
+            session,
+            cfg,
+            budget=meter_budget(cfg),
+            threads=threads,
+        )
+    )
 
 
 def split_meters(meters: int, workers: int) -> list[list[int]]:
@@ -309,10 +348,14 @@ async def run_federation(
         raise ConfigError("--verify needs the meters in this process (--workers 1)")
     pool: TrainingPool | None = None
     if cfg.workers == 1:
-        pool = TrainingPool(meter_windows(list(range(cfg.meters)), cfg), seed=cfg.seed)
-        # In a thread, so Ctrl-C cancels this await rather than landing in the
-        # middle of synchronous work, where a later await could swallow it.
-        await asyncio.to_thread(pool.warm_up)
+        pool = training_pool(list(range(cfg.meters)), cfg)
+        try:
+            # In a thread, so Ctrl-C cancels this await rather than landing in the
+            # middle of synchronous work, where a later await could swallow it.
+            await asyncio.to_thread(pool.warm_up)
+        except BaseException:
+            pool.close()
+            raise
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
@@ -392,6 +435,8 @@ async def run_federation(
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+        if pool is not None:
+            pool.close()
 
 
 def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:

@@ -5,6 +5,15 @@ agent asks the pool for its update, the pool waits until every local meter that
 takes part in the round has asked (or a short linger passes, for meters that
 are offline), trains all of them in one batched step and hands each agent its
 own result.
+
+Where the batch runs: in a thread of this process, or (``child=``) in a child
+process with its own interpreter. Batched training issues thousands of small
+torch operations, each of which gives up the GIL and must win it back; in a
+process whose event loop is busy with hundreds of agents' SecAgg+ messages, and
+whose cores are busy with their key agreements, a 0.55-s epoch took 2-5 s
+(measured on the 2-core development machine). A child process has its own GIL,
+and with ``threads=1`` it leaves the other core to the agents: torch's OpenMP
+workers spin at every barrier and, when a core is taken, stall there.
 """
 
 from __future__ import annotations
@@ -14,11 +23,16 @@ import atexit
 import dataclasses
 import gc
 import logging
+import multiprocessing as mp
 import sys
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
 from gridsim.learning.model import Forecaster, ParamLayout, initial_parameters
@@ -52,6 +66,30 @@ class DDGaussEncoding:
     session: str
 
 
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """What a batch computes: picklable, so a child process can run it."""
+
+    round: int
+    train: bool
+    model: npt.NDArray[np.float32]
+    plan: TrainConfig
+    ddgauss: DDGaussEncoding | None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingChild:
+    """Run batches in a child process that builds its own copy of the data.
+
+    ``data``: a picklable function returning the same :class:`MeterWindows` as the
+    pool's (e.g. ``functools.partial(meter_windows, meters, cfg)``); ``threads``:
+    torch's intra-op threads there (0: torch's default).
+    """
+
+    data: Callable[[], MeterWindows]
+    threads: int = 1
+
+
 @dataclasses.dataclass
 class _Batch:
     round: int
@@ -80,34 +118,56 @@ def privatize(delta: npt.NDArray[np.float32], plan: TrainConfig) -> npt.NDArray[
 
 
 class TrainingPool:
-    def __init__(self, data: MeterWindows, *, seed: int, linger_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        data: MeterWindows,
+        *,
+        seed: int,
+        linger_s: float = 0.25,
+        child: TrainingChild | None = None,
+    ) -> None:
         self.data = data
         self.seed = seed
         self.linger_s = linger_s
+        self.child = child
         self._row = {int(m): i for i, m in enumerate(data.meter_ids)}
         self.layout_dim = ParamLayout(Forecaster()).dim
         # Simulation only (--verify): round -> meter -> quantised input, so the
         # aggregator can check its unmasked sum against the plain one.
         self.quantized: dict[int, dict[int, Any]] | None = None
-        self._trainers: dict[TrainConfig, BatchedTrainer] = {}
+        self._here = _Compute(data, seed)
+        self._executor: ProcessPoolExecutor | None = None
         self._batches: dict[tuple[int, bool], _Batch] = {}
         self._compute = asyncio.Lock()
         self._frozen = False
 
-    def warm_up(self) -> None:
-        """Evaluate and train once on one meter's data and throw the result away.
+    def _child(self) -> ProcessPoolExecutor:
+        """The child process's executor, started (or restarted after a crash) on demand."""
+        assert self.child is not None
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                1,
+                mp_context=mp.get_context("spawn"),
+                initializer=_child_init,
+                initargs=(self.child.data, self.seed, self.child.threads),
+            )
+        return self._executor
 
-        torch's first call of a traced training step (vmap and grad tracing,
-        kernel selection, thread pools) costs seconds; paid here, before the
-        meters register, it stays out of the first round's deadline.
+    def warm_up(self) -> None:
+        """Pay torch's first-call costs (seconds) now, before the meters register.
+
+        With a child process this also starts it and builds its data.
         """
-        if not len(self.data.meter_ids):
-            return
-        trainer = BatchedTrainer(TrainConfig())
-        model = initial_parameters(self.seed)
-        data = self.data.select(np.zeros(1, dtype=np.int64))
-        trainer.evaluate(model, data)
-        trainer.train(model, data, seed=self.seed, round_=0)
+        if self.child is not None:
+            self._child().submit(_child_warm_up).result()
+        else:
+            self._here.warm_up()
+
+    def close(self) -> None:
+        """Stop the child process, if there is one."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
 
     def local(self, meters: list[int]) -> list[int]:
         return [m for m in meters if m in self._row]
@@ -141,6 +201,27 @@ class TrainingPool:
             batch.arrived.set()
         return await asyncio.shield(fut)
 
+    async def _run(self, job: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
+        if self.child is not None:
+            try:
+                return await asyncio.wrap_future(self._child().submit(_child_run, job, rows))
+            except BrokenProcessPool:
+                # The child died (killed, out of memory): the next batch starts a new one.
+                self._executor = None
+                raise
+        # Batched training runs thousands of small torch ops, each of which
+        # releases the GIL and must win it back from the event loop. Under
+        # secure aggregation the loop is busy with hundreds of agents'
+        # messages, and at the default 5 ms switch interval every hand-back
+        # waits for it: training took 3x as long. A shorter interval while
+        # the batch runs keeps the hand-backs short.
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, TRAINING_SWITCH_INTERVAL_S))
+        try:
+            return await asyncio.to_thread(self._here.run, job, rows)
+        finally:
+            sys.setswitchinterval(interval)
+
     async def _run_batch(self, key: tuple[int, bool], batch: _Batch) -> None:
         # Wait for every expected meter, but not for ever: a meter may be offline.
         while len(batch.waiting) < batch.expected:
@@ -152,20 +233,10 @@ class TrainingPool:
         del self._batches[key]
         meters = sorted(batch.waiting)
         rows = np.array([self._row[m] for m in meters], dtype=np.int64)
+        job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)
         try:
             async with self._compute:
-                # Batched training runs thousands of small torch ops, each of which
-                # releases the GIL and must win it back from the event loop. Under
-                # secure aggregation the loop is busy with hundreds of agents'
-                # messages, and at the default 5 ms switch interval every hand-back
-                # waits for it: training took 3x as long. A shorter interval while
-                # the batch runs keeps the hand-backs short.
-                interval = sys.getswitchinterval()
-                sys.setswitchinterval(min(interval, TRAINING_SWITCH_INTERVAL_S))
-                try:
-                    answers = await asyncio.to_thread(self._compute_batch, batch, rows)
-                finally:
-                    sys.setswitchinterval(interval)
+                answers = await self._run(job, rows)
         except Exception as exc:
             log.exception("local training of %d meters failed", len(meters))
             for fut in batch.waiting.values():
@@ -186,7 +257,31 @@ class TrainingPool:
             if not fut.done():
                 fut.set_result(answer)
 
-    def _compute_batch(self, batch: _Batch, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
+
+class _Compute:
+    """The batched training and evaluation itself, wherever it runs."""
+
+    def __init__(self, data: MeterWindows, seed: int) -> None:
+        self.data = data
+        self.seed = seed
+        self._trainers: dict[TrainConfig, BatchedTrainer] = {}
+
+    def warm_up(self) -> None:
+        """Evaluate and train once on one meter's data and throw the result away.
+
+        torch's first call of a traced training step (vmap and grad tracing,
+        kernel selection, thread pools) costs seconds; paid here, before the
+        meters register, it stays out of the first round's deadline.
+        """
+        if not len(self.data.meter_ids):
+            return
+        trainer = BatchedTrainer(TrainConfig())
+        model = initial_parameters(self.seed)
+        data = self.data.select(np.zeros(1, dtype=np.int64))
+        trainer.evaluate(model, data)
+        trainer.train(model, data, seed=self.seed, round_=0)
+
+    def run(self, batch: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
         data = self.data.select(rows)
         trainer = self._trainers.get(batch.plan)
         if trainer is None:
@@ -212,3 +307,24 @@ class TrainingPool:
             )
             for i in range(len(rows))
         ]
+
+
+_CHILD: _Compute | None = None
+"""The child process's compute (set by :func:`_child_init`)."""
+
+
+def _child_init(data: Callable[[], MeterWindows], seed: int, threads: int) -> None:
+    global _CHILD
+    if threads > 0:
+        torch.set_num_threads(threads)
+    _CHILD = _Compute(data(), seed)
+
+
+def _child_warm_up() -> None:
+    assert _CHILD is not None
+    _CHILD.warm_up()
+
+
+def _child_run(batch: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
+    assert _CHILD is not None
+    return _CHILD.run(batch, rows)

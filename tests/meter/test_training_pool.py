@@ -1,0 +1,70 @@
+"""The training pool gives every meter its own update, in a thread or a child process."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+import pytest
+
+from gridsim.config import RunConfig
+from gridsim.learning.batched import TrainConfig
+from gridsim.learning.model import initial_parameters
+from gridsim.meter.training_pool import MeterAnswer, TrainingChild, TrainingPool
+from gridsim.run import meter_windows
+
+METERS = [0, 3, 5, 8]
+CFG = RunConfig(meters=10, days=10, test_days=3, seed=4)
+
+
+async def _round(pool: TrainingPool, round_: int) -> dict[int, MeterAnswer]:
+    model = initial_parameters(CFG.seed)
+    plan = TrainConfig(local_epochs=1, batch_size=32, lr=0.003)
+    answers = await asyncio.gather(
+        *(
+            pool.request(m, round_=round_, train=True, model=model, plan=plan, expected=4)
+            for m in METERS
+        )
+    )
+    return dict(zip(METERS, answers, strict=True))
+
+
+def test_a_child_process_trains_the_same_updates_as_a_thread() -> None:
+    data = functools.partial(meter_windows, METERS, CFG)
+    here = TrainingPool(data(), seed=CFG.seed)
+    child = TrainingPool(data(), seed=CFG.seed, child=TrainingChild(data, threads=1))
+    try:
+        child.warm_up()
+        for round_ in (0, 1):
+            a = asyncio.run(_round(here, round_))
+            b = asyncio.run(_round(child, round_))
+            for m in METERS:
+                assert a[m].delta is not None and b[m].delta is not None
+                assert np.abs(a[m].delta).max() > 0
+                # Same data, seed and round: the same update, up to float
+                # reassociation between torch's thread counts.
+                np.testing.assert_allclose(a[m].delta, b[m].delta, rtol=1e-4, atol=1e-6)
+                assert a[m].n_samples == b[m].n_samples == here.data.n_train
+            assert not np.allclose(a[METERS[0]].delta, a[METERS[1]].delta)
+    finally:
+        child.close()
+
+
+def test_a_dead_child_fails_the_batch_and_the_next_batch_starts_a_new_one() -> None:
+    data = functools.partial(meter_windows, METERS, CFG)
+    pool = TrainingPool(data(), seed=CFG.seed, child=TrainingChild(data, threads=1))
+    try:
+        pool.warm_up()
+        executor = pool._executor
+        assert executor is not None
+        for proc in executor._processes.values():  # a crash we cause for real: kill -9
+            proc.kill()
+            proc.join()
+        with pytest.raises(BrokenProcessPool):
+            asyncio.run(_round(pool, 0))
+        answers = asyncio.run(_round(pool, 1))
+        assert all(a.delta is not None for a in answers.values())
+    finally:
+        pool.close()
