@@ -156,9 +156,14 @@ def default_out_dir() -> Path:
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak resident memory plus its largest finished child's.
+
+    The training child runs beside this process the whole run, so their peaks add
+    up (an upper bound: the two peaks need not coincide).
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024.0
+    return (own + children) / 1024.0
 
 
 def aggregator_key(out: Path) -> Ed25519PrivateKey:
