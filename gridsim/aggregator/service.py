@@ -286,13 +286,46 @@ class Aggregator:
         if getattr(msg, "meter", None) != meter:
             self._reject(topic, f"secure-aggregation message not from meter {meter}")
             return
+        report = None
+        if isinstance(msg, sa.MaskedInput):
+            report, reason = self._masked_input_report(meter, msg)
+            if reason is not None:
+                self._reject(topic, reason)
+                return
         try:
             server.receive(msg, time.monotonic())
         except ProtocolError as exc:
             self._reject(topic, f"secure aggregation: {exc}")
             return
+        rnd = self._round
+        if report is not None and rnd is not None:
+            # Accepted by secure aggregation: the report joins the round as an
+            # update without a delta (its sum comes from unmasking).
+            reason = rnd.offer(meter, report)
+            if reason is not None:
+                self._reject(topic, reason)
         if server.stage_complete:
             self._changed.set()
+
+    def _masked_input_report(
+        self, meter: int, msg: sa.MaskedInput
+    ) -> tuple[codec.Update | None, str | None]:
+        """The signed round report a masked input carries, or why it is unacceptable."""
+        try:
+            report = codec.decode(msg.report, max_bytes=sa.MAX_REPORT_BYTES)
+        except MessageError as exc:
+            return None, f"masked input with a bad report: {exc}"
+        if not isinstance(report, codec.Update) or report.delta:
+            return None, "masked input whose report is not an update without a delta"
+        if (report.session, report.round, report.meter, report.payload_sha256) != (
+            self.config.session,
+            msg.round,
+            meter,
+            msg.digest,
+        ):
+            return None, "masked input whose report is for another session, round, meter or input"
+        forged = self._check_signature(meter, report)
+        return (None, forged) if forged is not None else (report, None)
 
     def _check_signature(self, meter: int, msg: codec.Update) -> str | None:
         key = self.meter_keys.get(meter)
@@ -440,7 +473,7 @@ class Aggregator:
         await self.connection.publish(self.topics.round, self._announce, retain=True)
         deadline = time.monotonic() + cfg.round_timeout_s
         if secure:
-            outcome = await self._secure_round(rnd, deadline)
+            outcome = await self._secure_round(rnd)
         else:
             while time.monotonic() < deadline:
                 if not (rnd.pending() - self.offline):
@@ -482,7 +515,7 @@ class Aggregator:
             sends.append(self.connection.publish(self.topics.secagg_to(meter), sa.encode(msg)))
         await asyncio.gather(*sends)
 
-    async def _secure_round(self, rnd: FedAvgRound, deadline: float) -> RoundOutcome:
+    async def _secure_round(self, rnd: FedAvgRound) -> RoundOutcome:
         """Drive the SecAgg+ stages of a round, then close it with the unmasked sum."""
         server = self.secagg
         assert server is not None
@@ -527,10 +560,7 @@ class Aggregator:
             stats.abandon_reasons.append(f"round {rnd.round}: {out.abandoned}")
             log.warning("round %d abandoned: %s", rnd.round, out.abandoned)
             return rnd.close(None)
-        # Survivors also send a signed update with their eval sums; wait for those.
-        survivors = set(result.survivors)
-        while time.monotonic() < deadline and (survivors & rnd.pending()) - self.offline:
-            await self._wait_changed(deadline - time.monotonic())
+        # Survivors' reports came inside their masked inputs (see _on_secagg).
         total = result.values
         if self._ddgauss is not None:
             # The noisy sum of the survivors' encodings: rotate back, rescale.

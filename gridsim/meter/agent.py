@@ -294,9 +294,10 @@ class MeterAgent:
             return None
         return DDGaussEncoding(ddgauss, self.session)
 
-    async def _send_update(
+    def _update(
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
-    ) -> None:
+    ) -> bytes:
+        """The encoded, signed round report (with ``delta`` in the clear, or b"")."""
         e = answer.eval
         signature = signatures.sign(
             self._key, MeterContribution.message(self.session, round_, self.meter, digest)
@@ -323,12 +324,20 @@ class MeterAgent:
             signature=signature,
             saturated=saturated,
         )
-        payload = codec.encode(update)
-        self._answered_round, self._answer = round_, payload
+        return codec.encode(update)
+
+    def _answered(self, round_: int, answer: MeterAnswer, digest: bytes) -> None:
         if answer.delta is not None and self._ledger_key is not None:
             self._awaiting_proof = (self._run, round_, digest)
-        await self._send(payload)
         self.rounds_answered += 1
+
+    async def _send_update(
+        self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
+    ) -> None:
+        payload = self._update(round_, answer, delta, digest, saturated)
+        self._answered_round, self._answer = round_, payload
+        self._answered(round_, answer, digest)
+        await self._send(payload)
 
     async def _on_secagg(self, topic: str, payload: bytes) -> None:
         """One SecAgg+ request: answer it unless this meter has vanished by that stage."""
@@ -356,17 +365,22 @@ class MeterAgent:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
+
+                def report(digest: bytes, saturated: int) -> bytes:
+                    # The round report rides inside the signed masked input.
+                    return self._update(msg.round, answer, b"", digest, saturated)
+
                 if answer.encoded is not None:
                     masked = await asyncio.to_thread(
-                        client.masked_input_quantized, msg, answer.encoded
+                        client.masked_input_quantized, msg, answer.encoded, report
                     )
                 else:
                     assert answer.delta is not None
-                    masked = await asyncio.to_thread(client.masked_input, msg, answer.delta)
+                    masked = await asyncio.to_thread(client.masked_input, msg, answer.delta, report)
                 if self.pool.quantized is not None and client.quantized is not None:
                     self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
+                self._answered(msg.round, answer, masked.digest)
                 await self._send(sa.encode(masked), self.topics.secagg_up(self.meter))
-                await self._send_update(msg.round, answer, b"", masked.digest, client.saturated)
                 return
             elif isinstance(msg, sa.UnmaskRequest):
                 reply = client.unmask(msg)

@@ -199,6 +199,10 @@ def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
     ).digest()
 
 
+Report = Callable[[bytes, int], bytes]
+"""Builds a masked input's report from its SHA-256 and its count of clipped values."""
+
+
 def words_dtype(bits: int) -> type[np.uint32] | type[np.uint64]:
     """The accumulator word of a modulus of ``bits`` bits."""
     return np.uint32 if bits <= 32 else np.uint64
@@ -431,10 +435,14 @@ class SecAggClient:
 
     # ---- stage 2: masked input --------------------------------------------------------
 
-    def masked_input(self, request: MaskedInputRequest, x: npt.ArrayLike) -> MaskedInput:
+    def masked_input(
+        self, request: MaskedInputRequest, x: npt.ArrayLike, report: Report | None = None
+    ) -> MaskedInput:
         """Quantise ``x`` with the round's clip, scale and bits, then mask and send it.
 
-        The clipped-value count is kept in :attr:`saturated`.
+        The clipped-value count is kept in :attr:`saturated`. ``report``, if given,
+        is called with the masked input's SHA-256 and the clipped-value count; what
+        it returns travels in :attr:`MaskedInput.report`.
         """
         self._check(request, MaskedInputRequest, Stage.MASKED_INPUT)
         p = self.params
@@ -444,12 +452,10 @@ class SecAggClient:
             raise ProtocolError(f"cannot quantise the input: {exc}") from None
         if q.values.shape != (p.d,):
             raise ProtocolError(f"input has {q.values.shape[0]} values, the round sums {p.d}")
-        reply = self._masked(request, q.values)
-        self.saturated = q.saturated
-        return reply
+        return self._masked(request, q.values, q.saturated, report)
 
     def masked_input_quantized(
-        self, request: MaskedInputRequest, values: masking.MaskArray
+        self, request: MaskedInputRequest, values: masking.MaskArray, report: Report | None = None
     ) -> MaskedInput:
         """Mask and send an input already quantised into Z_{2^bits} (``d`` words)."""
         self._check(request, MaskedInputRequest, Stage.MASKED_INPUT)
@@ -459,9 +465,15 @@ class SecAggClient:
             raise ProtocolError(f"input must be {p.d} values of {np.dtype(dtype).name}")
         if p.bits < 64 and int(values.max(initial=0)) >> p.bits:
             raise ProtocolError(f"input values must be below 2**{p.bits}")
-        return self._masked(request, values)
+        return self._masked(request, values, 0, report)
 
-    def _masked(self, request: MaskedInputRequest, values: masking.MaskArray) -> MaskedInput:
+    def _masked(
+        self,
+        request: MaskedInputRequest,
+        values: masking.MaskArray,
+        saturated: int,
+        report: Report | None,
+    ) -> MaskedInput:
         p = self.params
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
@@ -504,7 +516,10 @@ class SecAggClient:
             bits=p.bits,
         )
         data = masking.pack(acc, p.bits)
+        digest = hashlib.sha256(data).digest()
+        extra = b"" if report is None else report(digest, saturated)
         self._held = held
+        self.saturated = saturated
         self.quantized = cast(masking.MaskArray, np.array(values, copy=True))
         self._expect = Stage.UNMASK
         reply = MaskedInput(
@@ -515,7 +530,8 @@ class SecAggClient:
             sig=b"",
             meter=self.meter,
             data=data,
-            digest=hashlib.sha256(data).digest(),
+            digest=digest,
+            report=extra,
         )
         return sign(reply, self._signing_key)
 

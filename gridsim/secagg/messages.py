@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from gridsim import signatures
 from gridsim.exceptions import MessageError, ProtocolError
 
-SECAGG_WIRE_VERSION: Final = 1
+SECAGG_WIRE_VERSION: Final = 2
 MAX_SECAGG_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 METER_SIGNATURE_DOMAIN: Final = b"gridsim/secagg/v1/meter-message\x00"
@@ -163,11 +163,22 @@ class ShareKeys(_FromMeter, tag="sa.share", frozen=True):
     shares: list[EncryptedShare]
 
 
+MAX_REPORT_BYTES: Final = 4096
+"""Largest application report a masked input may carry."""
+
+
 class MaskedInput(_FromMeter, tag="sa.masked", frozen=True):
-    """The masked, quantised input packed at ``bits`` bits, with its SHA-256."""
+    """The masked, quantised input packed at ``bits`` bits, with its SHA-256.
+
+    ``report`` is opaque to secure aggregation: whatever the application sends
+    alongside its input (gridsim's meters: their signed round report, with its
+    evaluation sums), covered by the message's signature, so it costs no message
+    of its own.
+    """
 
     data: bytes
     digest: Key32
+    report: Annotated[bytes, msgspec.Meta(max_length=MAX_REPORT_BYTES)] = b""
 
 
 class RevealedShare(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):

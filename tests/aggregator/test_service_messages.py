@@ -110,3 +110,64 @@ def test_dp_rounds_sample_meters_independently_as_the_accountant_assumes() -> No
     assert abs(sum(poisson) / 40 - 300) < 11 and len(set(poisson)) > 1
     # Without DP the aggregator takes exactly the fraction, as before.
     assert set(asyncio.run(sizes(False))) == {300}
+
+
+def _report(agg: Aggregator, meter: int, key_seed: int, digest: bytes, *, round_: int = 0) -> bytes:
+    key = meter_signing_key(key_seed, meter)
+    sig = key.sign(MeterContribution.message("s", round_, meter, digest))
+    return codec.encode(
+        codec.Update(
+            v=1,
+            session="s",
+            run=agg.run_id,
+            round=round_,
+            meter=meter,
+            n_samples=10,
+            train_loss=0.1,
+            train_s=0.0,
+            delta=b"",
+            eval=codec.EvalReport(1.0, 1.0, 4, 2.0, 1.5, 1.5),
+            payload_sha256=digest,
+            signature=sig,
+        )
+    )
+
+
+def test_a_masked_input_carries_only_its_own_meters_signed_report() -> None:
+    from gridsim.secagg import messages as sa
+
+    async def scenario() -> None:
+        agg = await _aggregator()
+        t = Topics("s")
+        agg._on_message(t.hello(1), _hello(1, key_seed=7))
+        data = b"\x01" * 24
+        digest = hashlib.sha256(data).digest()
+
+        def masked(report: bytes, meter: int = 1) -> sa.MaskedInput:
+            return sa.MaskedInput(
+                v=sa.SECAGG_WIRE_VERSION,
+                session="s",
+                round=0,
+                stage=sa.Stage.MASKED_INPUT,
+                sig=b"",
+                meter=meter,
+                data=data,
+                digest=digest,
+                report=report,
+            )
+
+        good, reason = agg._masked_input_report(1, masked(_report(agg, 1, 7, digest)))
+        assert reason is None and good is not None and good.eval.count == 4
+        refused = {
+            "forged": _report(agg, 1, 99, digest),
+            "another input": _report(agg, 1, 7, bytes(32)),
+            "another round": _report(agg, 1, 7, digest, round_=1),
+            "another meter": _report(agg, 2, 7, digest),
+            "garbage": b"\x93not msgpack",
+            "empty": b"",
+        }
+        for what, report in refused.items():
+            got, reason = agg._masked_input_report(1, masked(report))
+            assert got is None and reason, what
+
+    asyncio.run(scenario())

@@ -64,7 +64,9 @@ def test_client_refuses_a_low_order_neighbour_key() -> None:
 def test_a_remembered_signature_does_not_cover_a_changed_message() -> None:
     key = Ed25519PrivateKey.generate()
     other = Ed25519PrivateKey.generate()
-    request = msg.sign(msg.UnmaskRequest(1, "s", 3, msg.Stage.UNMASK, b"", [1, 2], []), key)
+    request = msg.sign(
+        msg.UnmaskRequest(msg.SECAGG_WIRE_VERSION, "s", 3, msg.Stage.UNMASK, b"", [1, 2], []), key
+    )
     msg.verify_signature(request, key.public_key())  # verified, now remembered
     msg.verify_signature(request, key.public_key())
     changed = msgspec.structs.replace(request, survivors=[1], dropped=[2])

@@ -479,7 +479,13 @@ def test_client_rejects_forged_replayed_and_out_of_order_requests(
         client.share_keys(msg.sign(share_req, fed.meter_keys[m]))
     # The unmasking request before the masked input.
     early = msg.UnmaskRequest(
-        v=1, session=SESSION, round=2, stage=Stage.UNMASK, sig=b"", survivors=[], dropped=[]
+        v=msg.SECAGG_WIRE_VERSION,
+        session=SESSION,
+        round=2,
+        stage=Stage.UNMASK,
+        sig=b"",
+        survivors=[],
+        dropped=[],
     )
     with pytest.raises(ProtocolError, match="out of order: UNMASK request while waiting for SHARE"):
         client.unmask(msg.sign(early, fed.server_key))
