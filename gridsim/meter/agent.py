@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiomqtt
@@ -82,6 +82,9 @@ class MeterAgent:
         self._current_round = -1
         self._run = ""
         self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        # The last SecAgg+ reply, resent when the round is announced again: ((run, round), payload).
+        self._secagg_reply: tuple[tuple[str, int], bytes] | None = None
         self.connection = Connection(
             address,
             identifier=f"gridsim-{session}-meter-{meter}",
@@ -192,7 +195,13 @@ class MeterAgent:
             self._answer = None
         if msg.round == self._answered_round and self._answer is not None:
             # The aggregator asks again (e.g. after a broker restart): resend.
-            asyncio.get_running_loop().create_task(self._send(self._answer))
+            self._spawn(self._send(self._answer))
+            return
+        last = self._secagg_reply
+        if last is not None and last[0] == (self._run, msg.round) == (msg.run, self._current_round):
+            # The same in a secure round: the last SecAgg+ reply may have been lost
+            # with the connection; the aggregator refuses a copy it has (logged).
+            self._spawn(self._send(last[1], self.topics.secagg_up(self.meter)))
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
@@ -213,6 +222,12 @@ class MeterAgent:
         if msg.train and msg.secagg_key and not self._start_secagg(msg):
             return
         self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, holding a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _silent_from(self, round_: int, secure: bool, meter: int | None = None) -> int | None:
         """The protocol stage from which a meter (this one by default) vanishes this round.
@@ -380,7 +395,7 @@ class MeterAgent:
                 if self.pool.quantized is not None and client.quantized is not None:
                     self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
                 self._answered(msg.round, answer, masked.digest)
-                await self._send(sa.encode(masked), self.topics.secagg_up(self.meter))
+                await self._send_secagg(msg.round, sa.encode(masked))
                 return
             elif isinstance(msg, sa.UnmaskRequest):
                 reply = client.unmask(msg)
@@ -390,7 +405,11 @@ class MeterAgent:
         except ProtocolError as exc:
             self._drop(topic, f"secure aggregation: {exc}")
             return
-        await self._send(sa.encode(reply), self.topics.secagg_up(self.meter))
+        await self._send_secagg(msg.round, sa.encode(reply))
+
+    async def _send_secagg(self, round_: int, payload: bytes) -> None:
+        self._secagg_reply = ((self._run, round_), payload)
+        await self._send(payload, self.topics.secagg_up(self.meter))
 
     async def _send(self, payload: bytes, topic: str | None = None) -> None:
         await self.connection.publish(topic or self.topics.update(self.meter), payload, wait=30)
@@ -401,6 +420,8 @@ class MeterAgent:
     async def stop(self) -> None:
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        for task in list(self._background):
+            task.cancel()
         await self.connection.close()
 
 
