@@ -325,6 +325,7 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
         "--no-centralized",
         "--out",
         str(tmp_path / "out"),
+        start_new_session=True,  # its own process group, as in a terminal
     )
     try:
         deadline = time.monotonic() + 60
@@ -334,14 +335,18 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert brokers, "run started no broker process"
         time.sleep(3)
-        proc.send_signal(signal.SIGINT)
+        children = _children(proc.pid)  # the broker and the training process
+        assert len(children) >= 2, children
+        # Ctrl-C in a terminal signals the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err.splitlines()[-1]
+    assert "Traceback" not in err, err[-3000:]
     time.sleep(0.5)
-    for pid in brokers:
+    for pid in children:
         assert (
             not os.path.exists(f"/proc/{pid}")
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

@@ -459,9 +459,14 @@ async def run_fleet(
         log.info("%d meters started in %.1f s", len(agents), time.perf_counter() - started)
         all_done: asyncio.Future[Any] = asyncio.gather(*(a.done.wait() for a in agents))
         stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([all_done, stop_wait], return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
-        all_done.cancel()
+        try:
+            await asyncio.wait([all_done, stop_wait], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+            all_done.cancel()
+            # Also when Ctrl-C cancels us: fetch the outcome, or asyncio logs it as
+            # "never retrieved" at exit.
+            all_done.add_done_callback(lambda f: f.cancelled() or f.exception())
     finally:
         await asyncio.gather(*(a.stop() for a in agents), return_exceptions=True)
     return {

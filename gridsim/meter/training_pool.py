@@ -24,6 +24,7 @@ import dataclasses
 import gc
 import logging
 import multiprocessing as mp
+import signal
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -315,6 +316,10 @@ _CHILD: _Compute | None = None
 
 def _child_init(data: Callable[[], MeterWindows], seed: int, threads: int) -> None:
     global _CHILD
+    # Ctrl-C reaches the whole process group; the parent handles it and closes
+    # the pool, so the child finishes its batch quietly instead of printing a
+    # traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads > 0:
         torch.set_num_threads(threads)
     _CHILD = _Compute(data(), seed)
