@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import functools
 import json
 import logging
 import math
@@ -34,7 +33,7 @@ from gridsim.learning.windows import MeterWindows, make_windows
 from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
-from gridsim.meter.training_pool import TrainingChild, TrainingPool
+from gridsim.meter.training_pool import TrainingPool
 from gridsim.privacy.guard import MeterBudget
 from gridsim.privacy.settings import (
     DPSettings,
@@ -76,8 +75,7 @@ def training_pool(meters: list[int], cfg: RunConfig, threads: int | None = None)
         threads = os.cpu_count() or 1
     if cfg.secagg:
         threads = 1
-    child = TrainingChild(functools.partial(meter_windows, meters, cfg), threads)
-    return TrainingPool(data, seed=cfg.seed, child=child)
+    return TrainingPool(data, seed=cfg.seed, child_threads=threads)
 
 
 async def serve_meters(

@@ -6,14 +6,15 @@ takes part in the round has asked (or a short linger passes, for meters that
 are offline), trains all of them in one batched step and hands each agent its
 own result.
 
-Where the batch runs: in a thread of this process, or (``child=``) in a child
-process with its own interpreter. Batched training issues thousands of small
-torch operations, each of which gives up the GIL and must win it back; in a
-process whose event loop is busy with hundreds of agents' SecAgg+ messages, and
-whose cores are busy with their key agreements, a 0.55-s epoch took 2-5 s
-(measured on the 2-core development machine). A child process has its own GIL,
-and with ``threads=1`` it leaves the other core to the agents: torch's OpenMP
-workers spin at every barrier and, when a core is taken, stall there.
+Where the batch runs: in a thread of this process, or (``child_threads=``) in a
+child process with its own interpreter, which gets a copy of the data. Batched
+training issues thousands of small torch operations, each of which gives up the
+GIL and must win it back; in a process whose event loop is busy with hundreds of
+agents' SecAgg+ messages, and whose cores are busy with their key agreements, a
+0.55-s epoch took 2-5 s (measured on the 2-core development machine). A child
+process has its own GIL, and with one thread it leaves the other core to the
+agents: torch's OpenMP workers spin at every barrier and, when a core is taken,
+stall there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import logging
 import multiprocessing as mp
 import signal
 import sys
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final
@@ -78,19 +78,6 @@ class _Job:
     ddgauss: DDGaussEncoding | None
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainingChild:
-    """Run batches in a child process that builds its own copy of the data.
-
-    ``data``: a picklable function returning the same :class:`MeterWindows` as the
-    pool's (e.g. ``functools.partial(meter_windows, meters, cfg)``); ``threads``:
-    torch's intra-op threads there (0: torch's default).
-    """
-
-    data: Callable[[], MeterWindows]
-    threads: int = 1
-
-
 @dataclasses.dataclass
 class _Batch:
     round: int
@@ -125,12 +112,14 @@ class TrainingPool:
         *,
         seed: int,
         linger_s: float = 0.25,
-        child: TrainingChild | None = None,
+        child_threads: int | None = None,
     ) -> None:
+        """``child_threads``: train in a child process with that many torch threads
+        (0: torch's default); None: in a thread of this process."""
         self.data = data
         self.seed = seed
         self.linger_s = linger_s
-        self.child = child
+        self.child_threads = child_threads
         self._row = {int(m): i for i, m in enumerate(data.meter_ids)}
         self.layout_dim = ParamLayout(Forecaster()).dim
         # Simulation only (--verify): round -> meter -> quantised input, so the
@@ -144,22 +133,24 @@ class TrainingPool:
 
     def _child(self) -> ProcessPoolExecutor:
         """The child process's executor, started (or restarted after a crash) on demand."""
-        assert self.child is not None
+        assert self.child_threads is not None
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 1,
                 mp_context=mp.get_context("spawn"),
                 initializer=_child_init,
-                initargs=(self.child.data, self.seed, self.child.threads),
+                # The data travels pickled (0.2 s for 500 meters): generating it
+                # again there took 1 s.
+                initargs=(self.data, self.seed, self.child_threads),
             )
         return self._executor
 
     def warm_up(self) -> None:
         """Pay torch's first-call costs (seconds) now, before the meters register.
 
-        With a child process this also starts it and builds its data.
+        With a child process this also starts it and hands it the data.
         """
-        if self.child is not None:
+        if self.child_threads is not None:
             self._child().submit(_child_warm_up).result()
         else:
             self._here.warm_up()
@@ -203,7 +194,7 @@ class TrainingPool:
         return await asyncio.shield(fut)
 
     async def _run(self, job: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
-        if self.child is not None:
+        if self.child_threads is not None:
             try:
                 return await asyncio.wrap_future(self._child().submit(_child_run, job, rows))
             except BrokenProcessPool:
@@ -314,7 +305,7 @@ _CHILD: _Compute | None = None
 """The child process's compute (set by :func:`_child_init`)."""
 
 
-def _child_init(data: Callable[[], MeterWindows], seed: int, threads: int) -> None:
+def _child_init(data: MeterWindows, seed: int, threads: int) -> None:
     global _CHILD
     # Ctrl-C reaches the whole process group; the parent handles it and closes
     # the pool, so the child finishes its batch quietly instead of printing a
@@ -322,7 +313,7 @@ def _child_init(data: Callable[[], MeterWindows], seed: int, threads: int) -> No
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads > 0:
         torch.set_num_threads(threads)
-    _CHILD = _Compute(data(), seed)
+    _CHILD = _Compute(data, seed)
 
 
 def _child_warm_up() -> None:

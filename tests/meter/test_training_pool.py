@@ -12,7 +12,7 @@ import pytest
 from gridsim.config import RunConfig
 from gridsim.learning.batched import TrainConfig
 from gridsim.learning.model import initial_parameters
-from gridsim.meter.training_pool import MeterAnswer, TrainingChild, TrainingPool
+from gridsim.meter.training_pool import MeterAnswer, TrainingPool
 from gridsim.run import meter_windows
 
 METERS = [0, 3, 5, 8]
@@ -34,7 +34,7 @@ async def _round(pool: TrainingPool, round_: int) -> dict[int, MeterAnswer]:
 def test_a_child_process_trains_the_same_updates_as_a_thread() -> None:
     data = functools.partial(meter_windows, METERS, CFG)
     here = TrainingPool(data(), seed=CFG.seed)
-    child = TrainingPool(data(), seed=CFG.seed, child=TrainingChild(data, threads=1))
+    child = TrainingPool(data(), seed=CFG.seed, child_threads=1)
     try:
         child.warm_up()
         for round_ in (0, 1):
@@ -54,7 +54,7 @@ def test_a_child_process_trains_the_same_updates_as_a_thread() -> None:
 
 def test_a_dead_child_fails_the_batch_and_the_next_batch_starts_a_new_one() -> None:
     data = functools.partial(meter_windows, METERS, CFG)
-    pool = TrainingPool(data(), seed=CFG.seed, child=TrainingChild(data, threads=1))
+    pool = TrainingPool(data(), seed=CFG.seed, child_threads=1)
     try:
         pool.warm_up()
         executor = pool._executor
