@@ -77,14 +77,14 @@ class MeterAgent:
         self._secagg_key = b""
         self._trained: asyncio.Future[MeterAnswer] = asyncio.get_running_loop().create_future()
         self._trained_round = -1
-        self._answered_round = -1
-        self._answer: bytes | None = None
+        # The last message sent in answer to a round, (round, topic, payload): sent
+        # again when the aggregator announces that round again, e.g. after a broker
+        # restart, which may have lost it.
+        self._reply: tuple[int, str, bytes] | None = None
         self._current_round = -1
         self._run = ""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # The last SecAgg+ reply, resent when the round is announced again: ((run, round), payload).
-        self._secagg_reply: tuple[tuple[str, int], bytes] | None = None
         self.connection = Connection(
             address,
             identifier=f"gridsim-{session}-meter-{meter}",
@@ -191,17 +191,12 @@ class MeterAgent:
         if msg.run != self._run:
             # A new aggregator (or a restarted one): its rounds start afresh.
             self._run = msg.run
-            self._current_round = self._answered_round = -1
-            self._answer = None
-        if msg.round == self._answered_round and self._answer is not None:
-            # The aggregator asks again (e.g. after a broker restart): resend.
-            self._spawn(self._send(self._answer))
-            return
-        last = self._secagg_reply
-        if last is not None and last[0] == (self._run, msg.round) == (msg.run, self._current_round):
-            # The same in a secure round: the last SecAgg+ reply may have been lost
-            # with the connection; the aggregator refuses a copy it has (logged).
-            self._spawn(self._send(last[1], self.topics.secagg_up(self.meter)))
+            self._current_round = -1
+            self._reply = None
+        last = self._reply
+        if last is not None and last[0] == msg.round:
+            # The aggregator asks again: resend (it refuses a copy it has, logged).
+            self._spawn(self._send(last[2], last[1]))
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
@@ -350,9 +345,8 @@ class MeterAgent:
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
     ) -> None:
         payload = self._update(round_, answer, delta, digest, saturated)
-        self._answered_round, self._answer = round_, payload
         self._answered(round_, answer, digest)
-        await self._send(payload)
+        await self._reply_with(round_, self.topics.update(self.meter), payload)
 
     async def _on_secagg(self, topic: str, payload: bytes) -> None:
         """One SecAgg+ request: answer it unless this meter has vanished by that stage."""
@@ -395,7 +389,9 @@ class MeterAgent:
                 if self.pool.quantized is not None and client.quantized is not None:
                     self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
                 self._answered(msg.round, answer, masked.digest)
-                await self._send_secagg(msg.round, sa.encode(masked))
+                await self._reply_with(
+                    msg.round, self.topics.secagg_up(self.meter), sa.encode(masked)
+                )
                 return
             elif isinstance(msg, sa.UnmaskRequest):
                 reply = client.unmask(msg)
@@ -405,11 +401,12 @@ class MeterAgent:
         except ProtocolError as exc:
             self._drop(topic, f"secure aggregation: {exc}")
             return
-        await self._send_secagg(msg.round, sa.encode(reply))
+        await self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
 
-    async def _send_secagg(self, round_: int, payload: bytes) -> None:
-        self._secagg_reply = ((self._run, round_), payload)
-        await self._send(payload, self.topics.secagg_up(self.meter))
+    async def _reply_with(self, round_: int, topic: str, payload: bytes) -> None:
+        """Send this meter's answer to ``round_``, kept for a re-announcement."""
+        self._reply = (round_, topic, payload)
+        await self._send(payload, topic)
 
     async def _send(self, payload: bytes, topic: str | None = None) -> None:
         await self.connection.publish(topic or self.topics.update(self.meter), payload, wait=30)
