@@ -3,20 +3,12 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::to_py_err;
+use super::{fixed, to_py_err};
 use crate::ed25519::{self, KEY_LEN};
 use crate::error::CoreError;
 
 fn key<'a>(py: Python<'_>, what: &str, bytes: &'a [u8]) -> PyResult<&'a [u8; KEY_LEN]> {
-    bytes.try_into().map_err(|_| {
-        to_py_err(
-            py,
-            CoreError::InvalidArgument(format!(
-                "an Ed25519 {what} is {KEY_LEN} bytes, got {}",
-                bytes.len()
-            )),
-        )
-    })
+    fixed(py, &format!("Ed25519 {what}"), bytes)
 }
 
 /// An Ed25519 signing key expanded once from its 32-byte seed (RFC 8032).

@@ -29,6 +29,20 @@ pub(crate) fn to_py_err(py: Python<'_>, err: CoreError) -> PyErr {
     }
 }
 
+/// `bytes` as a fixed-size key, or `InvalidInputError` naming `what` it should be.
+pub(crate) fn fixed<'a, const N: usize>(
+    py: Python<'_>,
+    what: &str,
+    bytes: &'a [u8],
+) -> PyResult<&'a [u8; N]> {
+    bytes.try_into().map_err(|_| {
+        to_py_err(
+            py,
+            CoreError::InvalidArgument(format!("an {what} is {N} bytes, got {}", bytes.len())),
+        )
+    })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -3,20 +3,12 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::to_py_err;
+use super::{fixed, to_py_err};
 use crate::error::CoreError;
 use crate::x25519::{self, KEY_LEN};
 
 fn key(py: Python<'_>, what: &str, bytes: &[u8]) -> PyResult<[u8; KEY_LEN]> {
-    bytes.try_into().map_err(|_| {
-        to_py_err(
-            py,
-            CoreError::InvalidArgument(format!(
-                "an X25519 {what} is {KEY_LEN} bytes, got {}",
-                bytes.len()
-            )),
-        )
-    })
+    fixed(py, &format!("X25519 {what}"), bytes).copied()
 }
 
 /// The public key of a 32-byte X25519 secret (RFC 7748).
