@@ -21,7 +21,7 @@ from gridsim.ledger.checkpoint import NoteVerifier, load_verifier
 from gridsim.ledger.entries import MeterContribution
 from gridsim.meter.dropout import vanish_stage, vanishes
 from gridsim.meter.identity import meter_signing_key, raw_public_key
-from gridsim.meter.peers import DerivedPeerKeys
+from gridsim.meter.peers import shared_peer_keys
 from gridsim.meter.training_pool import DDGaussEncoding, MeterAnswer, TrainingPool
 from gridsim.privacy.ddgauss import DDGaussCodec
 from gridsim.privacy.guard import MeterBudget
@@ -72,7 +72,7 @@ class MeterAgent:
         self._public_key = raw_public_key(self._key)
         self._ledger_key: NoteVerifier | None = None
         self._awaiting_proof: tuple[str, int, bytes] | None = None  # run, round, payload hash
-        self.peer_keys = peer_keys if peer_keys is not None else DerivedPeerKeys(seed)
+        self.peer_keys = peer_keys if peer_keys is not None else shared_peer_keys(seed)
         self._secagg: SecAggClient | None = None
         self._secagg_key = b""
         self._trained: asyncio.Future[MeterAnswer] = asyncio.get_running_loop().create_future()

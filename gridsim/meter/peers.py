@@ -8,6 +8,7 @@ deployment would distribute the enrolled keys instead (e.g. ``broker init``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,3 +37,15 @@ class DerivedPeerKeys(Mapping[int, Ed25519PublicKey]):
 
     def __contains__(self, meter: object) -> bool:
         return isinstance(meter, int) and 0 <= meter < 2**31
+
+
+@functools.lru_cache(maxsize=8)
+def shared_peer_keys(seed: int) -> DerivedPeerKeys:
+    """The process's one :class:`DerivedPeerKeys` for ``seed``, shared by its meters.
+
+    Deriving a key costs an Ed25519 base-point multiplication; with a cache per
+    meter, every meter of a process derived each of its new neighbours' keys itself
+    (about 12,000 derivations per SecAgg+ round for 500 meters) instead of once.
+    """
+    return DerivedPeerKeys(seed)
+
