@@ -138,6 +138,12 @@ def x25519_agree(secrets: list[bytes], publics: list[bytes]) -> list[bytes | Non
     """The shared secret of each ``secrets[i]`` and ``publics[i]`` (GIL released, rayon);
     None where it is all zeros (a low-order public key), which the caller must refuse."""
 
+def x25519_derive(
+    secrets: list[bytes], publics: list[bytes], infos: list[list[bytes]]
+) -> list[list[bytes] | None]:
+    """Each agreement of :func:`x25519_agree` stretched by HKDF-SHA256 (RFC 5869, no
+    salt) into one 32-byte key per string of ``infos[i]``; None where it is all zeros."""
+
 class Ed25519Signer:
     """An Ed25519 signing key expanded once from its 32-byte seed (RFC 8032)."""
 

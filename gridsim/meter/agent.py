@@ -373,6 +373,9 @@ class MeterAgent:
                 if msg.recipient != self.meter or msg.round != self._trained_round:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
+                # Shares and masks while the training runs; afterwards masking is one
+                # addition, done here on the loop rather than through another thread hop.
+                await asyncio.to_thread(client.prepare_masked_input, msg)
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
 
                 def report(digest: bytes, saturated: int) -> bytes:
@@ -380,12 +383,10 @@ class MeterAgent:
                     return self._update(msg.round, answer, b"", digest, saturated)
 
                 if answer.encoded is not None:
-                    masked = await asyncio.to_thread(
-                        client.masked_input_quantized, msg, answer.encoded, report
-                    )
+                    masked = client.masked_input_quantized(msg, answer.encoded, report)
                 else:
                     assert answer.delta is not None
-                    masked = await asyncio.to_thread(client.masked_input, msg, answer.delta, report)
+                    masked = client.masked_input(msg, answer.delta, report)
                 if self.pool.quantized is not None and client.quantized is not None:
                     self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
                 self._answered(msg.round, answer, masked.digest)

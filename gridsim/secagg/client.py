@@ -116,19 +116,6 @@ def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
         raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key") from None
 
 
-def _agree_all(pairs: list[tuple[bytes, bytes, int]]) -> list[bytes]:
-    """The X25519 secret of each ``(private, peer_public, peer)``, in one call.
-
-    The Rust core computes them with the GIL released, over both cores; the results
-    equal :meth:`X25519PrivateKey.exchange`'s (RFC 7748).
-    """
-    shared = _core.x25519_agree([p[0] for p in pairs], [p[1] for p in pairs])
-    for (_, _, peer), secret in zip(pairs, shared, strict=True):
-        if secret is None:
-            raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key")
-    return cast(list[bytes], shared)
-
-
 def public_bytes(key: X25519PrivateKey) -> bytes:
     """The raw 32 bytes of an X25519 private key's public key."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -146,14 +133,34 @@ def pairwise_seed(
 
 
 def _pairwise_seed_of(shared: bytes, session: str, round: int, a: int, b: int) -> bytes:
+    return _hkdf(shared, pairwise_seed_info(session, round, a, b))
+
+
+def pairwise_seed_info(session: str, round: int, a: int, b: int) -> bytes:
+    """HKDF ``info`` of the mask seed of meters ``a`` and ``b`` (the unordered pair)."""
     lo, hi = min(a, b), max(a, b)
-    info = (
+    return (
         PAIRWISE_SEED_INFO
         + _context(session, round)
         + lo.to_bytes(4, "little")
         + hi.to_bytes(4, "little")
     )
-    return _hkdf(shared, info)
+
+
+def derive_pair_keys(
+    secrets: list[bytes], publics: list[bytes], infos: list[list[bytes]], peers: list[int]
+) -> list[list[bytes]]:
+    """X25519 of each ``secrets[i]`` and ``publics[i]``, stretched by HKDF-SHA256 into
+    one key per string of ``infos[i]``, in one call to the Rust core (GIL released).
+
+    Equal to :func:`_hkdf` of :meth:`X25519PrivateKey.exchange`; a low-order public
+    key (an all-zero agreement) raises :class:`ProtocolError` naming ``peers[i]``.
+    """
+    derived = _core.x25519_derive(secrets, publics, infos)
+    for peer, keys in zip(peers, derived, strict=True):
+        if keys is None:
+            raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key")
+    return cast(list[list[bytes]], derived)
 
 
 def share_key(
@@ -239,13 +246,18 @@ class SecAggClient:
         self._expect: Stage | None = None
         self._params: RoundParams | None = None
         self._neighbors: frozenset[int] = frozenset()
-        self._enc_sk: X25519PrivateKey | None = None
-        self._agree_sk: X25519PrivateKey | None = None
+        self._enc_sk = b""  # this round's X25519 secrets (share keys, mask seeds)
+        self._agree_sk = b""
         self._self_seed = b""
         self._advert: AdvertiseKeys | None = None
         self._inbound_keys: dict[int, bytes] = {}
         self._pair_seeds: dict[int, bytes] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}
+        # The masked-input request already prepared for (its signature), the shares it
+        # carried and this meter's summed masks; see prepare_masked_input.
+        self._prepared: tuple[bytes, dict[int, tuple[bytes, bytes]], masking.MaskArray] | None = (
+            None
+        )
         self.quantized: masking.MaskArray | None = None
         """This round's quantised input (for ``--verify`` in simulation)."""
         self.saturated = 0
@@ -327,14 +339,13 @@ class SecAggClient:
             )
         graph = neighbor_graph(p.meters, p.neighbors, p.graph_seed)
         fresh = self._random_bytes(64 + masking.SEED_LEN)
-        enc_sk = X25519PrivateKey.from_private_bytes(fresh[:32])
-        agree_sk = X25519PrivateKey.from_private_bytes(fresh[32:64])
-        self_seed = fresh[64:]
+        enc_sk, agree_sk, self_seed = fresh[:32], fresh[32:64], fresh[64:]
         self._last_round = request.round
         self._params = p
         self._neighbors = graph[self.meter]
         self._enc_sk, self._agree_sk, self._self_seed = enc_sk, agree_sk, self_seed
         self._pair_seeds, self._held, self._inbound_keys = {}, {}, {}
+        self._prepared = None
         self.quantized, self.saturated = None, 0
         self._expect = Stage.SHARE
         reply = AdvertiseKeys(
@@ -344,8 +355,8 @@ class SecAggClient:
             stage=Stage.ADVERTISE,
             sig=b"",
             meter=self.meter,
-            enc_key=public_bytes(enc_sk),
-            agree_key=public_bytes(agree_sk),
+            enc_key=_core.x25519_public_key(enc_sk),
+            agree_key=_core.x25519_public_key(agree_sk),
             seed_commitment=seed_commitment(self.session, request.round, self.meter, self_seed),
         )
         self._advert = sign(reply, self._signing_key)
@@ -381,7 +392,6 @@ class SecAggClient:
             raise ProtocolError(
                 f"only {len(live)} neighbours advertised keys, threshold is {p.threshold}"
             )
-        assert self._enc_sk is not None and self._agree_sk is not None
         xs = [v + 1 for v in live]
         # One draw for the round's Shamir coefficients and nonces: each draw is a
         # system call, and under a busy GIL every call costs a hand-over.
@@ -391,35 +401,37 @@ class SecAggClient:
             self._self_seed, p.threshold, len(live), fresh[:32], xs=xs
         )
         key_shares = masking.shamir_split(
-            self._agree_sk.private_bytes_raw(), p.threshold, len(live), fresh[32:64], xs=xs
+            self._agree_sk, p.threshold, len(live), fresh[32:64], xs=xs
+        )
+        u, r, session = self.meter, self._last_round, self.session
+        # Every agreement of the round and its HKDF keys in one call: per neighbour the
+        # pairwise mask seed, and from one share-key agreement the keys of both
+        # directions (this meter's shares for v, v's shares for this meter).
+        derived = derive_pair_keys(
+            [self._agree_sk] * len(live) + [self._enc_sk] * len(live),
+            [adverts[v].agree_key for v in live] + [adverts[v].enc_key for v in live],
+            [[pairwise_seed_info(session, r, u, v)] for v in live]
+            + [
+                [_share_key_info(session, r, u, v), _share_key_info(session, r, v, u)] for v in live
+            ],
+            live + live,
         )
         out: list[EncryptedShare] = []
         pair_seeds: dict[int, bytes] = {}
         inbound_keys: dict[int, bytes] = {}
-        u, r = self.meter, self._last_round
-        agree_sk, enc_sk = self._agree_sk.private_bytes_raw(), self._enc_sk.private_bytes_raw()
-        agreed = _agree_all(
-            [(agree_sk, adverts[v].agree_key, v) for v in live]
-            + [(enc_sk, adverts[v].enc_key, v) for v in live]
-        )
-        for v, s_share, k_share, mask_shared, shared, nonce in zip(
+        for v, s_share, k_share, (seed,), (key, inbound), nonce in zip(
             live,
             seed_shares,
             key_shares,
-            agreed[: len(live)],
-            agreed[len(live) :],
+            derived[: len(live)],
+            derived[len(live) :],
             nonces,
             strict=True,
         ):
-            pair_seeds[v] = _pairwise_seed_of(mask_shared, self.session, r, u, v)
-            # One X25519 secret per pair gives the share keys of both directions; the
-            # key of v's shares for this meter is kept for the masked-input stage.
-            prk = _hkdf_extract(shared)
-            key = _hkdf_expand(prk, _share_key_info(self.session, r, u, v))
-            inbound_keys[v] = _hkdf_expand(prk, _share_key_info(self.session, r, v, u))
-            ad = share_ad(self.session, self._last_round, self.meter, v)
+            pair_seeds[v], inbound_keys[v] = seed, inbound
+            ad = share_ad(session, r, u, v)
             ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
-            out.append(EncryptedShare(sender=self.meter, recipient=v, ciphertext=ct))
+            out.append(EncryptedShare(sender=u, recipient=v, ciphertext=ct))
         self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
         reply = ShareKeys(
@@ -467,13 +479,19 @@ class SecAggClient:
             raise ProtocolError(f"input values must be below 2**{p.bits}")
         return self._masked(request, values, 0, report)
 
-    def _masked(
-        self,
-        request: MaskedInputRequest,
-        values: masking.MaskArray,
-        saturated: int,
-        report: Report | None,
-    ) -> MaskedInput:
+    def prepare_masked_input(self, request: MaskedInputRequest) -> None:
+        """Check and decrypt the shares ``request`` relays and expand this meter's masks.
+
+        None of it depends on the input: a meter calls this when the request arrives,
+        while it is still training, so that masking its input afterwards is one
+        addition. Raises :class:`ProtocolError` (and keeps nothing) when a share is
+        forged, repeated, for another meter or round, or too few neighbours shared.
+        Calling it again for the same request does nothing; the masked-input methods
+        call it themselves when it has not run.
+        """
+        self._check(request, MaskedInputRequest, Stage.MASKED_INPUT)
+        if self._prepared is not None and self._prepared[0] == request.sig:
+            return
         p = self.params
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
@@ -503,10 +521,12 @@ class SecAggClient:
             raise ProtocolError(
                 f"only {len(held)} neighbours shared their secrets, threshold is {p.threshold}"
             )
+        # The self mask plus one pairwise mask per neighbour that shared (added when
+        # this meter has the lower id, subtracted otherwise), summed modulo 2^bits.
         partners = sorted(held)
-        acc = cast(masking.MaskArray, np.array(values, dtype=words_dtype(p.bits), copy=True))
+        mask = cast(masking.MaskArray, np.zeros(p.d, dtype=words_dtype(p.bits)))
         masking.expand_masks(
-            acc,
+            mask,
             [self._self_seed] + [self._pair_seeds[v] for v in partners],
             [1] + [1 if self.meter < v else -1 for v in partners],
             self.session.encode(),
@@ -515,10 +535,26 @@ class SecAggClient:
             + [masking.pair_stream_id(self.meter, v) for v in partners],
             bits=p.bits,
         )
+        self._prepared = (request.sig, held, mask)
+
+    def _masked(
+        self,
+        request: MaskedInputRequest,
+        values: masking.MaskArray,
+        saturated: int,
+        report: Report | None,
+    ) -> MaskedInput:
+        p = self.params
+        self.prepare_masked_input(request)
+        assert self._prepared is not None
+        _, held, mask = self._prepared
+        acc = cast(masking.MaskArray, values + mask)  # wraps modulo the word size
+        if p.bits < acc.dtype.itemsize * 8:
+            acc &= acc.dtype.type((1 << p.bits) - 1)
         data = masking.pack(acc, p.bits)
         digest = hashlib.sha256(data).digest()
         extra = b"" if report is None else report(digest, saturated)
-        self._held = held
+        self._held, self._prepared = held, None
         self.saturated = saturated
         self.quantized = cast(masking.MaskArray, np.array(values, copy=True))
         self._expect = Stage.UNMASK
@@ -569,7 +605,7 @@ class SecAggClient:
                 raise ProtocolError(f"unmasking request leaves out neighbour {v}")
         self._expect = None
         self._held = {}
-        self._self_seed = b""
+        self._self_seed = self._agree_sk = self._enc_sk = b""
         reply = UnmaskResponse(
             v=SECAGG_WIRE_VERSION,
             session=self.session,

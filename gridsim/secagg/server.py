@@ -50,11 +50,16 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from gridsim import _core
 from gridsim.exceptions import GridsimError, InvalidInputError, ProtocolError, RoundError
 from gridsim.secagg import masking
-from gridsim.secagg.client import pairwise_seed, public_bytes, seed_commitment, words_dtype
+from gridsim.secagg.client import (
+    derive_pair_keys,
+    pairwise_seed_info,
+    seed_commitment,
+    words_dtype,
+)
 from gridsim.secagg.graph import (
     GRAPH_SEED_LEN,
     Neighbors,
@@ -541,20 +546,24 @@ class SecAggServer:
                 seeds.append(seed)
                 signs.append(-1)
                 streams.append(masking.self_stream_id(u))
+            # A dropped meter's masks with its surviving neighbours: its recovered key
+            # agreed with theirs, all in one call to the Rust core.
+            sks: list[bytes] = []
+            publics: list[bytes] = []
+            infos: list[list[bytes]] = []
+            peers: list[int] = []
             for u in self._dropped:
-                sk = X25519PrivateKey.from_private_bytes(
-                    self._recover(u, key_shares[u], "mask key")
-                )
-                if public_bytes(sk) != self._adverts[u].agree_key:
+                sk = self._recover(u, key_shares[u], "mask key")
+                if _core.x25519_public_key(sk) != self._adverts[u].agree_key:
                     raise RoundError(f"the recovered mask key of meter {u} is not the one it sent")
                 for v in sorted(self._graph[u] & set(self._survivors)):
-                    seeds.append(
-                        pairwise_seed(
-                            sk, self._adverts[v].agree_key, self.session, self.round, u, v
-                        )
-                    )
+                    sks.append(sk)
+                    publics.append(self._adverts[v].agree_key)
+                    infos.append([pairwise_seed_info(self.session, self.round, u, v)])
+                    peers.append(v)
                     signs.append(-1 if v < u else 1)
                     streams.append(masking.pair_stream_id(u, v))
+            seeds.extend(keys[0] for keys in derive_pair_keys(sks, publics, infos, peers))
         except RoundError as exc:
             return self._abandon(str(exc))
         dtype = words_dtype(p.bits)

@@ -24,6 +24,12 @@
 //! a square root), a third of an agreement. Each advertised key is agreed with by
 //! every neighbour of its owner, so a process remembers the mapped points of the
 //! public keys it has seen (public data only; the cache never sees a secret).
+//!
+//! A shared secret is never used as a key itself: [`agree_derive_many`] stretches
+//! each one with HKDF-SHA256 (RFC 5869, no salt) into one 32-byte key per `info`
+//! string and wipes it, in the same pass over rayon's pool, so a meter's whole
+//! key schedule for a round (a mask seed and two share keys per neighbour) is one
+//! call without the GIL.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -32,7 +38,9 @@ use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use curve25519_dalek::scalar::Scalar;
 use curve25519_dalek::traits::IsIdentity;
+use hkdf::Hkdf;
 use rayon::prelude::*;
+use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
@@ -141,6 +149,44 @@ pub fn agree_many(pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])]) -> Vec<Option<[u8; K
         .par_iter()
         .with_min_len(MIN_PER_TASK)
         .map(|(secret, public)| agree(secret, public))
+        .collect()
+}
+
+/// HKDF-SHA256 (RFC 5869) of `ikm` without salt: one 32-byte key per `info`.
+pub fn hkdf_keys(ikm: &[u8], infos: &[Vec<u8>]) -> Vec<[u8; KEY_LEN]> {
+    let hk = Hkdf::<Sha256>::new(None, ikm);
+    infos
+        .iter()
+        .map(|info| {
+            let mut okm = [0u8; KEY_LEN];
+            hk.expand(info, &mut okm)
+                .expect("32 bytes is within HKDF-SHA256's output limit");
+            okm
+        })
+        .collect()
+}
+
+/// For each `(secret, public)` pair, in order: the [`agree`]ment stretched by
+/// [`hkdf_keys`] into one key per string of `infos[i]`, or None when the
+/// agreement is all zeros. The shared secrets are wiped; only keys come out.
+///
+/// Panics if `infos` and `pairs` differ in length (the binding checks).
+pub fn agree_derive_many(
+    pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])],
+    infos: &[Vec<Vec<u8>>],
+) -> Vec<Option<Vec<[u8; KEY_LEN]>>> {
+    assert_eq!(pairs.len(), infos.len(), "one info list per pair");
+    pairs
+        .par_iter()
+        .zip(infos)
+        .with_min_len(MIN_PER_TASK)
+        .map(|((secret, public), infos)| {
+            agree(secret, public).map(|mut shared| {
+                let keys = hkdf_keys(&shared, infos);
+                shared.zeroize();
+                keys
+            })
+        })
         .collect()
 }
 
@@ -284,5 +330,42 @@ mod tests {
             assert_eq!(*got, agree(sk, pk));
         }
         assert_eq!(batch[17], None);
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn hkdf_matches_rfc5869_case_3() {
+        // RFC 5869 A.3: SHA-256, no salt, empty info; the first 32 of its 42 bytes.
+        let okm = hkdf_keys(&[0x0b; 22], &[Vec::new()]);
+        assert_eq!(
+            hex(&okm[0]),
+            "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+        );
+    }
+
+    #[test]
+    fn derived_keys_are_hkdf_of_the_agreement_per_info() {
+        let infos = |i: u8| vec![vec![i], b"second".to_vec(), Vec::new()];
+        let pairs: Vec<_> = (0u8..20)
+            .map(|i| {
+                let sk = [i.wrapping_mul(5).wrapping_add(3); KEY_LEN];
+                let peer = public_key(&[i.wrapping_mul(11).wrapping_add(9); KEY_LEN]);
+                (sk, if i == 6 { [0u8; KEY_LEN] } else { peer })
+            })
+            .collect();
+        let all_infos: Vec<_> = (0u8..20).map(infos).collect();
+        let got = agree_derive_many(&pairs, &all_infos);
+        for (i, ((sk, pk), keys)) in pairs.iter().zip(&got).enumerate() {
+            let want = agree(sk, pk).map(|s| hkdf_keys(&s, &infos(i as u8)));
+            assert_eq!(*keys, want);
+        }
+        assert_eq!(got[6], None);
+        let keys = got[0].as_ref().unwrap();
+        assert_eq!(keys.len(), 3);
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
     }
 }

@@ -19,7 +19,15 @@ from hypothesis import strategies as st
 from gridsim import _core
 from gridsim.exceptions import InvalidInputError, ProtocolError
 from gridsim.secagg import messages as msg
-from gridsim.secagg.client import _hkdf, public_bytes
+from gridsim.secagg.client import (
+    _hkdf,
+    _share_key_info,
+    derive_pair_keys,
+    pairwise_seed,
+    pairwise_seed_info,
+    public_bytes,
+    share_key,
+)
 
 from .test_protocol import _config, federation, inputs_for, run_round
 
@@ -42,6 +50,40 @@ def test_rust_x25519_reports_low_order_points_and_bad_lengths() -> None:
         _core.x25519_agree([sk], [bytes(31)])
     with pytest.raises(InvalidInputError, match="length mismatch"):
         _core.x25519_agree([sk, sk], [bytes(32)])
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=keys, b=keys, round_=st.integers(0, 2**40), u=st.integers(0, 2**31 - 1))
+def test_batched_pair_keys_equal_openssl_agreement_and_hkdf(
+    a: bytes, b: bytes, round_: int, u: int
+) -> None:
+    """The client's one-call key schedule equals X25519 + HKDF done with ``cryptography``."""
+    v = u ^ 1
+    ska, skb = X25519PrivateKey.from_private_bytes(a), X25519PrivateKey.from_private_bytes(b)
+    pkb = public_bytes(skb)
+    [[seed], [out, inbound]] = derive_pair_keys(
+        [a, a],
+        [pkb, pkb],
+        [
+            [pairwise_seed_info("sess", round_, u, v)],
+            [_share_key_info("sess", round_, u, v), _share_key_info("sess", round_, v, u)],
+        ],
+        [v, v],
+    )
+    assert seed == pairwise_seed(ska, pkb, "sess", round_, u, v)
+    assert seed == pairwise_seed(skb, public_bytes(ska), "sess", round_, v, u)
+    assert out == share_key(ska, pkb, "sess", round_, u, v)
+    assert inbound == share_key(skb, public_bytes(ska), "sess", round_, v, u)
+    assert len({seed, out, inbound}) == 3
+
+
+def test_batched_pair_keys_name_the_meter_with_a_degenerate_key() -> None:
+    sk = bytes(range(32))
+    good = _core.x25519_public_key(bytes(32))
+    with pytest.raises(ProtocolError, match="meter 7 advertised a degenerate X25519 key"):
+        derive_pair_keys([sk, sk], [good, bytes(32)], [[b"i"], [b"i"]], [3, 7])
+    with pytest.raises(InvalidInputError, match="length mismatch"):
+        _core.x25519_derive([sk, sk], [good, good], [[b"i"]])
 
 
 def test_client_refuses_a_low_order_neighbour_key() -> None:

@@ -99,13 +99,16 @@ def run_round(
     verify: bool = True,
     until: Stage | None = None,
     refusals: list[str] | None = None,
+    prepare: bool = False,
 ) -> Outbox:
     """Run one round; meters in ``drop[stage]`` stop answering from that stage on.
 
     With ``until``, stop once that stage's requests are out (they are in
     ``fed.requests``) and return the outbox that carried them. With ``refusals``, a
     meter that refuses a request (ProtocolError) goes silent, as over a real
-    transport, and the reason is appended; without it the error propagates.
+    transport, and the reason is appended; without it the error propagates. With
+    ``prepare``, meters prepare their masks (twice) before masking, as the agent does
+    while it trains.
     """
     drop = drop or {}
     server, now = fed.server, 0.0
@@ -131,6 +134,9 @@ def run_round(
                 elif isinstance(req, msg.ShareRequest):
                     reply = client.share_keys(req)
                 elif isinstance(req, msg.MaskedInputRequest):
+                    if prepare:
+                        client.prepare_masked_input(req)
+                        client.prepare_masked_input(req)
                     reply = client.masked_input(req, inputs[m])
                 else:
                     assert isinstance(req, msg.UnmaskRequest)
@@ -453,6 +459,41 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     with pytest.raises(ProtocolError, match="duplicate ShareKeys"):
         fed.server.receive(_wire(share), 0.0)
     assert [r.round for r in fed.server.rejected] == [2, 2, 2, 2]
+
+
+def test_masks_prepared_before_the_input_give_the_exact_sum() -> None:
+    fed = federation(30, _config(30))
+    drop = {Stage.MASKED_INPUT: set(sorted(fed.clients)[:3])}
+    out = run_round(fed, 1, inputs_for(fed), drop, prepare=True)
+    assert out.result is not None and out.result.verified is True
+    assert len(out.result.dropped) == 3
+
+
+def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.MASKED_INPUT)
+    m = min(out.direct)
+    client, request = fed.clients[m], out.direct[m]
+    assert isinstance(request, msg.MaskedInputRequest)
+    first = request.shares[0]
+    flipped = first.ciphertext[:-1] + bytes([first.ciphertext[-1] ^ 1])
+    tampered = msg.sign(
+        msgspec.structs.replace(
+            request,
+            shares=[msgspec.structs.replace(first, ciphertext=flipped), *request.shares[1:]],
+        ),
+        fed.server_key,
+    )
+    with pytest.raises(ProtocolError, match=f"share from meter {first.sender} fails auth"):
+        client.prepare_masked_input(tampered)
+    with pytest.raises(ProtocolError, match=f"share from meter {first.sender} fails auth"):
+        client.masked_input(tampered, inputs_for(fed)[m])
+    # The genuine request still works, and masks prepared for it are used once.
+    client.prepare_masked_input(request)
+    reply = client.masked_input(request, inputs_for(fed)[m])
+    assert reply.meter == m and client.expecting is Stage.UNMASK
+    with pytest.raises(ProtocolError, match="out of order"):
+        client.prepare_masked_input(request)
 
 
 def test_client_rejects_forged_replayed_and_out_of_order_requests(

@@ -48,8 +48,45 @@ fn x25519_agree<'py>(
         .collect())
 }
 
+/// [`x25519_agree`], each shared secret stretched with HKDF-SHA256 (no salt)
+/// into one 32-byte key per string of `infos[i]`; the secrets never reach
+/// Python. None where the agreement is all zeros.
+#[pyfunction]
+fn x25519_derive<'py>(
+    py: Python<'py>,
+    secrets: Vec<Vec<u8>>,
+    publics: Vec<Vec<u8>>,
+    infos: Vec<Vec<Vec<u8>>>,
+) -> PyResult<Vec<Option<Vec<Bound<'py, PyBytes>>>>> {
+    for got in [publics.len(), infos.len()] {
+        if got != secrets.len() {
+            return Err(to_py_err(
+                py,
+                CoreError::LengthMismatch {
+                    expected: secrets.len(),
+                    got,
+                },
+            ));
+        }
+    }
+    let pairs = secrets
+        .iter()
+        .zip(&publics)
+        .map(|(s, p)| Ok((key(py, "secret", s)?, key(py, "public key", p)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    let derived = py.detach(|| x25519::agree_derive_many(&pairs, &infos));
+    Ok(derived
+        .iter()
+        .map(|keys| {
+            keys.as_ref()
+                .map(|keys| keys.iter().map(|k| PyBytes::new(py, k)).collect())
+        })
+        .collect())
+}
+
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(x25519_public_key, m)?)?;
     m.add_function(wrap_pyfunction!(x25519_agree, m)?)?;
+    m.add_function(wrap_pyfunction!(x25519_derive, m)?)?;
     Ok(())
 }
