@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -261,9 +262,13 @@ class MeterAgent:
             log.warning("meter %d: round %d has a bad model: %s", self.meter, msg.round, exc)
             return
         secure = msg.train and bool(msg.secagg_key)
-        local = self.pool.local(msg.selected)
-        expected = sum(
-            1 for m in local if not msg.train or self._silent_from(msg.round, secure, m) != 0
+        expected = _expected_meters(
+            tuple(self.pool.local(msg.selected)),
+            msg.round,
+            msg.train,
+            secure,
+            self.seed,
+            self.dropout,
         )
         p = msg.plan
         plan = TrainConfig(p.local_epochs, p.batch_size, p.lr, p.clip_norm, p.local_noise)
@@ -476,6 +481,22 @@ async def run_fleet(
         "proofs_missing": sum(a.proofs_missing for a in agents),
         "budget_refusals": sum(a.budget_refusals for a in agents),
     }
+
+
+@functools.lru_cache(maxsize=16)
+def _expected_meters(
+    local: tuple[int, ...], round_: int, train: bool, secure: bool, seed: int, dropout: float
+) -> int:
+    """How many of a process's selected meters join the round's training batch.
+
+    The same for every meter of the process; remembered, so that a process of n
+    meters counts once per round rather than n times over n meters.
+    """
+    if not train:
+        return len(local)
+    if secure:
+        return sum(1 for m in local if vanish_stage(seed, m, round_, dropout) != 0)
+    return sum(1 for m in local if not vanishes(seed, m, round_, dropout))
 
 
 _REFUSALS_LOGGED: set[int] = set()

@@ -48,4 +48,3 @@ def shared_peer_keys(seed: int) -> DerivedPeerKeys:
     (about 12,000 derivations per SecAgg+ round for 500 meters) instead of once.
     """
     return DerivedPeerKeys(seed)
-

@@ -27,6 +27,7 @@ import logging
 import multiprocessing as mp
 import signal
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Final
@@ -215,6 +216,7 @@ class TrainingPool:
             sys.setswitchinterval(interval)
 
     async def _run_batch(self, key: tuple[int, bool], batch: _Batch) -> None:
+        opened = time.perf_counter()
         # Wait for every expected meter, but not for ever: a meter may be offline.
         while len(batch.waiting) < batch.expected:
             batch.arrived.clear()
@@ -226,9 +228,18 @@ class TrainingPool:
         meters = sorted(batch.waiting)
         rows = np.array([self._row[m] for m in meters], dtype=np.int64)
         job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)
+        gathered = time.perf_counter()
         try:
             async with self._compute:
                 answers = await self._run(job, rows)
+            log.debug(
+                "round %d: batch of %d meters gathered in %.3f s, %s in %.3f s",
+                batch.round,
+                len(meters),
+                gathered - opened,
+                "trained" if batch.train else "evaluated",
+                time.perf_counter() - gathered,
+            )
         except Exception as exc:
             log.exception("local training of %d meters failed", len(meters))
             for fut in batch.waiting.values():
