@@ -385,7 +385,7 @@ const E1_TIES: [u64; E1_TERMS] = {
     let mut ties = [u64::MAX; E1_TERMS];
     let mut i = 0;
     while i < E1_TERMS {
-        if DIGIT_BASE % FACTORIALS[i] != 0 {
+        if !DIGIT_BASE.is_multiple_of(FACTORIALS[i]) {
             ties[i] = E1_CUTS[i];
         }
         i += 1;
