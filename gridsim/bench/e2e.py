@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loop-sample",
         type=int,
         default=50,
-        help="meters timed one by one for the per-meter-loop comparison",
+        help="meters timed one by one for the per-meter-loop comparison (0: skip it)",
     )
     parser.add_argument(
         "--flower-rounds", type=int, default=2, help="rounds of the Flower peer (0 skips it)"
@@ -64,13 +64,15 @@ def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
         start = time.perf_counter()
         trainer.train(model, data, seed=cfg.seed, round_=r)
         batched.append(time.perf_counter() - start)
+    result: dict[str, Any] = {"batched_epoch_s": statistics.median(batched)}
     sample = min(loop_sample, cfg.meters)
+    if sample <= 0:
+        return result  # the per-meter loop was not asked for
     start = time.perf_counter()
     for i in range(sample):
         trainer.train(model, data.select(np.array([i])), seed=cfg.seed, round_=0)
     loop_s = (time.perf_counter() - start) * cfg.meters / sample
-    return {
-        "batched_epoch_s": statistics.median(batched),
+    return result | {
         "per_meter_loop_epoch_s": loop_s,
         "per_meter_loop_measured_on": sample,
         "speedup": loop_s / statistics.median(batched),

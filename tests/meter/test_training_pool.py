@@ -31,10 +31,11 @@ async def _round(pool: TrainingPool, round_: int) -> dict[int, MeterAnswer]:
     return dict(zip(METERS, answers, strict=True))
 
 
-def test_a_child_process_trains_the_same_updates_as_a_thread() -> None:
+@pytest.mark.parametrize("children", [1, 2, 3])
+def test_child_processes_train_the_same_updates_as_a_thread(children: int) -> None:
     data = functools.partial(meter_windows, METERS, CFG)
     here = TrainingPool(data(), seed=CFG.seed)
-    child = TrainingPool(data(), seed=CFG.seed, child_threads=1)
+    child = TrainingPool(data(), seed=CFG.seed, child_threads=1, children=children)
     try:
         child.warm_up()
         for round_ in (0, 1):
@@ -54,12 +55,12 @@ def test_a_child_process_trains_the_same_updates_as_a_thread() -> None:
 
 def test_a_dead_child_fails_the_batch_and_the_next_batch_starts_a_new_one() -> None:
     data = functools.partial(meter_windows, METERS, CFG)
-    pool = TrainingPool(data(), seed=CFG.seed, child_threads=1)
+    pool = TrainingPool(data(), seed=CFG.seed, child_threads=1, children=2)
     try:
         pool.warm_up()
-        executor = pool._executor
-        assert executor is not None
-        for proc in executor._processes.values():  # a crash we cause for real: kill -9
+        executors = pool._executors
+        assert executors is not None and len(executors) == 2
+        for proc in executors[1]._processes.values():  # a crash we cause for real: kill -9
             proc.kill()
             proc.join()
         with pytest.raises(BrokenProcessPool):
