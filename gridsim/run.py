@@ -57,6 +57,10 @@ def meter_windows(meters: list[int], cfg: RunConfig) -> MeterWindows:
     return make_windows(load, test_days=cfg.test_days)
 
 
+TRAINING_NICE = 10
+"""Niceness of the training children under SecAgg+ (see :func:`training_pool`)."""
+
+
 def training_pool(meters: list[int], cfg: RunConfig, threads: int | None = None) -> TrainingPool:
     """The batched local training of ``meters``, in child processes.
 
@@ -74,7 +78,14 @@ def training_pool(meters: list[int], cfg: RunConfig, threads: int | None = None)
         return TrainingPool(data, seed=cfg.seed)
     if threads is None:
         threads = os.cpu_count() or 1
-    return TrainingPool(data, seed=cfg.seed, child_threads=1, children=max(1, threads))
+    # Under SecAgg+ the agents' protocol stages (which every meter waits on) run
+    # while the batch trains; at a lower priority the training takes the cycles
+    # they leave (secure round 3.0 -> 2.6 s on 2 cores; the training ends later
+    # but before the masked-input stage needs it).
+    nice = TRAINING_NICE if cfg.secagg else 0
+    return TrainingPool(
+        data, seed=cfg.seed, child_threads=1, children=max(1, threads), child_nice=nice
+    )
 
 
 async def serve_meters(

@@ -41,6 +41,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
 fi
+# The Rust core needs rustc >= 1.89 (stable AVX-512 and VAES intrinsics).
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "${rust_minor:-0}" -lt 89 ]; then
+  if command -v rustup >/dev/null 2>&1; then
+    say "rustc $(rustc --version | cut -d' ' -f2) is older than 1.89; updating the stable toolchain"
+    rustup update stable && rustup default stable
+  else
+    echo "gridsim needs rustc >= 1.89, found $(rustc --version); please upgrade Rust" >&2
+    exit 1
+  fi
+fi
 
 # --- Python ---------------------------------------------------------------------
 python=""

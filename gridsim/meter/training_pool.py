@@ -122,6 +122,7 @@ class TrainingPool:
         linger_s: float = 0.25,
         child_threads: int | None = None,
         children: int = 1,
+        child_nice: int = 0,
     ) -> None:
         """``child_threads``: train in ``children`` child processes with that many
         torch threads each (0: torch's default), each child owning a contiguous share
@@ -130,6 +131,7 @@ class TrainingPool:
         self.seed = seed
         self.linger_s = linger_s
         self.child_threads = child_threads
+        self.child_nice = child_nice
         n = len(data.meter_ids)
         # Child i owns rows bounds[i] .. bounds[i + 1] - 1 (none empty).
         parts = max(1, min(children, n))
@@ -163,6 +165,7 @@ class TrainingPool:
                         self.data.select(np.arange(lo, hi, dtype=np.int64)),
                         self.seed,
                         self.child_threads,
+                        self.child_nice,
                     ),
                 )
                 for lo, hi in itertools.pairwise(self._bounds.tolist())
@@ -357,12 +360,14 @@ _CHILD: _Compute | None = None
 """The child process's compute (set by :func:`_child_init`)."""
 
 
-def _child_init(data: MeterWindows, seed: int, threads: int) -> None:
+def _child_init(data: MeterWindows, seed: int, threads: int, nice: int) -> None:
     global _CHILD
     # Ctrl-C reaches the whole process group; the parent handles it and closes
     # the pool, so the child finishes its batch quietly instead of printing a
     # traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if nice > 0:
+        os.nice(nice)
     if threads > 0:
         torch.set_num_threads(threads)
     _CHILD = _Compute(data, seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -67,5 +68,17 @@ def test_a_dead_child_fails_the_batch_and_the_next_batch_starts_a_new_one() -> N
             asyncio.run(_round(pool, 0))
         answers = asyncio.run(_round(pool, 1))
         assert all(a.delta is not None for a in answers.values())
+    finally:
+        pool.close()
+
+
+def test_children_train_at_the_niceness_asked_for() -> None:
+    pool = TrainingPool(
+        meter_windows(METERS, CFG), seed=CFG.seed, child_threads=1, children=2, child_nice=5
+    )
+    try:
+        pool.warm_up()
+        mine = os.nice(0)
+        assert [ex.submit(os.nice, 0).result() for ex in pool._children()] == [mine + 5] * 2
     finally:
         pool.close()
