@@ -316,15 +316,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn batch_matches_one_by_one_in_order() {
-        let pairs: Vec<_> = (0u8..40)
+    /// `n` (secret, public) pairs of distinct keys; pair `zero` has the all-zero
+    /// (low-order) public key.
+    fn sample_pairs(n: u8, zero: u8) -> Vec<([u8; KEY_LEN], [u8; KEY_LEN])> {
+        (0..n)
             .map(|i| {
                 let sk = [i.wrapping_mul(7).wrapping_add(1); KEY_LEN];
                 let peer = public_key(&[i.wrapping_mul(13).wrapping_add(2); KEY_LEN]);
-                (sk, if i == 17 { [0u8; KEY_LEN] } else { peer })
+                (sk, if i == zero { [0u8; KEY_LEN] } else { peer })
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn batch_matches_one_by_one_in_order() {
+        let pairs = sample_pairs(40, 17);
         let batch = agree_many(&pairs);
         assert_eq!(batch.len(), pairs.len());
         for ((sk, pk), got) in pairs.iter().zip(&batch) {
@@ -350,13 +356,7 @@ mod tests {
     #[test]
     fn derived_keys_are_hkdf_of_the_agreement_per_info() {
         let infos = |i: u8| vec![vec![i], b"second".to_vec(), Vec::new()];
-        let pairs: Vec<_> = (0u8..20)
-            .map(|i| {
-                let sk = [i.wrapping_mul(5).wrapping_add(3); KEY_LEN];
-                let peer = public_key(&[i.wrapping_mul(11).wrapping_add(9); KEY_LEN]);
-                (sk, if i == 6 { [0u8; KEY_LEN] } else { peer })
-            })
-            .collect();
+        let pairs = sample_pairs(20, 6);
         let all_infos: Vec<_> = (0u8..20).map(infos).collect();
         let got = agree_derive_many(&pairs, &all_infos);
         for (i, ((sk, pk), keys)) in pairs.iter().zip(&got).enumerate() {

@@ -3,9 +3,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::{fixed, to_py_err};
+use super::{fixed, same_lengths};
 use crate::ed25519::{self, KEY_LEN};
-use crate::error::CoreError;
 
 fn key<'a>(py: Python<'_>, what: &str, bytes: &'a [u8]) -> PyResult<&'a [u8; KEY_LEN]> {
     fixed(py, &format!("Ed25519 {what}"), bytes)
@@ -63,17 +62,7 @@ fn ed25519_verify_many(
     messages: Vec<Vec<u8>>,
     signatures: Vec<Vec<u8>>,
 ) -> PyResult<Vec<bool>> {
-    for got in [messages.len(), signatures.len()] {
-        if got != publics.len() {
-            return Err(to_py_err(
-                py,
-                CoreError::LengthMismatch {
-                    expected: publics.len(),
-                    got,
-                },
-            ));
-        }
-    }
+    same_lengths(py, publics.len(), &[messages.len(), signatures.len()])?;
     let items = publics
         .iter()
         .zip(&messages)

@@ -8,7 +8,7 @@ use pyo3::types::PyBytes;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
-use super::to_py_err;
+use super::{same_lengths, to_py_err};
 use crate::error::CoreError;
 use crate::prg::{self, MaskContext, MaskStream, MaskWord, Sign, SEED_LEN};
 use crate::quant::{self, Quantizer};
@@ -48,14 +48,7 @@ fn mask_streams(
     }
     let (seeds, streams, signs) = (seeds.as_slice()?, streams.as_slice()?, signs.as_slice()?);
     let m = shape[0];
-    for got in [streams.len(), signs.len()] {
-        if got != m {
-            return Err(to_py_err(
-                py,
-                CoreError::LengthMismatch { expected: m, got },
-            ));
-        }
-    }
+    same_lengths(py, m, &[streams.len(), signs.len()])?;
     seeds
         .chunks_exact(SEED_LEN)
         .zip(streams)

@@ -43,6 +43,15 @@ pub(crate) fn fixed<'a, const N: usize>(
     })
 }
 
+/// `InvalidInputError` unless every length in `got` equals `expected` (parallel
+/// argument lists of one batch call).
+pub(crate) fn same_lengths(py: Python<'_>, expected: usize, got: &[usize]) -> PyResult<()> {
+    match got.iter().find(|&&n| n != expected) {
+        Some(&got) => Err(to_py_err(py, CoreError::LengthMismatch { expected, got })),
+        None => Ok(()),
+    }
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

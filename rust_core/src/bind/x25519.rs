@@ -3,12 +3,23 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::{fixed, to_py_err};
-use crate::error::CoreError;
+use super::{fixed, same_lengths};
 use crate::x25519::{self, KEY_LEN};
 
 fn key(py: Python<'_>, what: &str, bytes: &[u8]) -> PyResult<[u8; KEY_LEN]> {
     fixed(py, &format!("X25519 {what}"), bytes).copied()
+}
+
+type Pair = ([u8; KEY_LEN], [u8; KEY_LEN]);
+
+/// `(secrets[i], publics[i])` as keys, checked for length.
+fn pairs(py: Python<'_>, secrets: &[Vec<u8>], publics: &[Vec<u8>]) -> PyResult<Vec<Pair>> {
+    same_lengths(py, secrets.len(), &[publics.len()])?;
+    secrets
+        .iter()
+        .zip(publics)
+        .map(|(s, p)| Ok((key(py, "secret", s)?, key(py, "public key", p)?)))
+        .collect()
 }
 
 /// The public key of a 32-byte X25519 secret (RFC 7748).
@@ -27,20 +38,7 @@ fn x25519_agree<'py>(
     secrets: Vec<Vec<u8>>,
     publics: Vec<Vec<u8>>,
 ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
-    if secrets.len() != publics.len() {
-        return Err(to_py_err(
-            py,
-            CoreError::LengthMismatch {
-                expected: secrets.len(),
-                got: publics.len(),
-            },
-        ));
-    }
-    let pairs = secrets
-        .iter()
-        .zip(&publics)
-        .map(|(s, p)| Ok((key(py, "secret", s)?, key(py, "public key", p)?)))
-        .collect::<PyResult<Vec<_>>>()?;
+    let pairs = pairs(py, &secrets, &publics)?;
     let shared = py.detach(|| x25519::agree_many(&pairs));
     Ok(shared
         .iter()
@@ -58,22 +56,8 @@ fn x25519_derive<'py>(
     publics: Vec<Vec<u8>>,
     infos: Vec<Vec<Vec<u8>>>,
 ) -> PyResult<Vec<Option<Vec<Bound<'py, PyBytes>>>>> {
-    for got in [publics.len(), infos.len()] {
-        if got != secrets.len() {
-            return Err(to_py_err(
-                py,
-                CoreError::LengthMismatch {
-                    expected: secrets.len(),
-                    got,
-                },
-            ));
-        }
-    }
-    let pairs = secrets
-        .iter()
-        .zip(&publics)
-        .map(|(s, p)| Ok((key(py, "secret", s)?, key(py, "public key", p)?)))
-        .collect::<PyResult<Vec<_>>>()?;
+    same_lengths(py, secrets.len(), &[infos.len()])?;
+    let pairs = pairs(py, &secrets, &publics)?;
     let derived = py.detach(|| x25519::agree_derive_many(&pairs, &infos));
     Ok(derived
         .iter()
