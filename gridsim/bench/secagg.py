@@ -18,7 +18,8 @@
     gone after sharing their keys: sum the survivors' masked vectors, reconstruct
     each survivor's self-mask seed and each dropped meter's X25519 key from
     ``--threshold`` Shamir shares, redo the dropped meters' key agreements with
-    their surviving neighbours (X25519 + HKDF-SHA256, ``cryptography``), and remove
+    their surviving neighbours (X25519 + HKDF-SHA256 in one Rust call, as the server
+    does: :func:`~gridsim.secagg.client.derive_pair_keys`), and remove
     every mask in one ``expand_masks`` call. The result is checked bit for bit
     against the plaintext sum. Flower's unmasking of the same shape (its Shamir
     from PyCryptodome, ECDH P-384 from PEM keys, ``pseudo_rand_gen``) is timed on
@@ -43,8 +44,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from gridsim import _core
 from gridsim.bench import median_seconds
 from gridsim.secagg import masking as sm
+from gridsim.secagg.client import derive_pair_keys, pairwise_seed_info
 
 U32 = npt.NDArray[np.uint32]
 
@@ -292,38 +295,32 @@ def _neighbours(n: int, k: int, rng: np.random.Generator) -> list[list[int]]:
 
 
 def _part_b(args: argparse.Namespace) -> dict[str, object]:
-    x25519 = _optional("cryptography.hazmat.primitives.asymmetric.x25519")
-    hkdf_mod = _optional("cryptography.hazmat.primitives.kdf.hkdf")
-    hashes = _optional("cryptography.hazmat.primitives.hashes")
-    for m in (x25519, hkdf_mod, hashes):
-        if isinstance(m, str):
-            return {"skipped": m}
-    assert isinstance(x25519, ModuleType) and isinstance(hkdf_mod, ModuleType)
-    assert isinstance(hashes, ModuleType)
-
     n, d, k = args.meters, args.dim, args.neighbors
     if k >= n or k % 2:
         return {"skipped": f"needs an even k < n, got k={k}, n={n}"}
     t = args.threshold or k // 2 + 1
     rng = np.random.default_rng(args.seed + 1)
-    session, round_ = b"bench-session", 1
+    session, round_ = "bench-session", 1
     nbrs = _neighbours(n, k, rng)
     dropped = set(rng.choice(n, size=round(args.dropout * n), replace=False).tolist())
     survivors = [u for u in range(n) if u not in dropped]
+    sks = [rng.bytes(32) for _ in range(n)]
+    pks = [_core.x25519_public_key(sk) for sk in sks]
 
-    def pairwise_seed(sk: Any, pk: Any) -> bytes:
-        kdf = hkdf_mod.HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=session, info=b"gridsim pairwise mask"
+    def pairwise_seeds(pairs: list[tuple[bytes, int, int]]) -> list[bytes]:
+        """The mask seed of each (u's secret key, u, v), derived as the server does."""
+        derived = derive_pair_keys(
+            [sk for sk, _, _ in pairs],
+            [pks[v] for _, _, v in pairs],
+            [[pairwise_seed_info(session, round_, u, v)] for _, u, v in pairs],
+            [v for _, _, v in pairs],
         )
-        derived: bytes = kdf.derive(sk.exchange(pk))
-        return derived
+        return [keys[0] for keys in derived]
 
-    sks = [x25519.X25519PrivateKey.from_private_bytes(rng.bytes(32)) for _ in range(n)]
-    pks = [sk.public_key() for sk in sks]
     self_seeds = [rng.bytes(32) for _ in range(n)]
     # Meter u's shares, one per neighbour, at x = 1 + that neighbour's index in nbrs[u].
     self_shares = [sm.shamir_split(self_seeds[u], t, k) for u in range(n)]
-    key_shares = [sm.shamir_split(sks[u].private_bytes_raw(), t, k) for u in range(n)]
+    key_shares = [sm.shamir_split(sks[u], t, k) for u in range(n)]
 
     # Survivors mask their inputs (untimed: this is the meters' side).
     masked = np.empty((len(survivors), d), dtype=np.uint32)
@@ -334,9 +331,9 @@ def _part_b(args: argparse.Namespace) -> dict[str, object]:
         masked[row] = x
         sm.expand_masks(
             masked[row],
-            [self_seeds[u]] + [pairwise_seed(sks[u], pks[v]) for v in nbrs[u]],
+            [self_seeds[u], *pairwise_seeds([(sks[u], u, v) for v in nbrs[u]])],
             [1] + [1 if u < v else -1 for v in nbrs[u]],
-            session,
+            session.encode(),
             round_,
             streams=[sm.self_stream_id(u)] + [sm.pair_stream_id(u, v) for v in nbrs[u]],
             bits=32,
@@ -354,23 +351,16 @@ def _part_b(args: argparse.Namespace) -> dict[str, object]:
         total = masked.sum(axis=0, dtype=np.uint32)
         t1 = time.perf_counter()
         seeds = [sm.shamir_combine(surviving_shares(u, self_shares[u])) for u in survivors]
-        dropped_keys = {
-            u: x25519.X25519PrivateKey.from_private_bytes(
-                sm.shamir_combine(surviving_shares(u, key_shares[u]))
-            )
-            for u in dropped
-        }
+        dropped_keys = {u: sm.shamir_combine(surviving_shares(u, key_shares[u])) for u in dropped}
         t2 = time.perf_counter()
         signs = [-1] * len(seeds)
         streams = [sm.self_stream_id(u) for u in survivors]
-        for u, sk in dropped_keys.items():
-            for v in nbrs[u]:
-                if v not in dropped:
-                    seeds.append(pairwise_seed(sk, pks[v]))
-                    signs.append(-1 if v < u else 1)
-                    streams.append(sm.pair_stream_id(u, v))
+        pairs = [(sk, u, v) for u, sk in dropped_keys.items() for v in nbrs[u] if v not in dropped]
+        seeds += pairwise_seeds(pairs)
+        signs += [-1 if v < u else 1 for _, u, v in pairs]
+        streams += [sm.pair_stream_id(u, v) for _, u, v in pairs]
         t3 = time.perf_counter()
-        sm.expand_masks(total, seeds, signs, session, round_, streams=streams, bits=32)
+        sm.expand_masks(total, seeds, signs, session.encode(), round_, streams=streams, bits=32)
         t4 = time.perf_counter()
         timings.update(sum=t1 - t0, shamir=t2 - t1, key_agreement=t3 - t2, masks=t4 - t3)
         timings["streams"] = len(seeds)

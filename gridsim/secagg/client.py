@@ -19,9 +19,10 @@ point (the server abandoned the old one); one with a round number not above the
 last is a replay.
 
 Cryptography, per round (Bonawitz et al. 2017, Bell et al. 2020): two fresh X25519
-key pairs, one whose agreement key derives the pairwise mask seeds
-(:func:`pairwise_seed`), one whose agreement key derives the per-direction
-ChaCha20-Poly1305 keys that encrypt Shamir shares (:func:`share_key`); a fresh
+key pairs, one whose agreement key derives the pairwise mask seeds (HKDF-SHA256 with
+:func:`pairwise_seed_info`), one whose agreement key derives the per-direction
+ChaCha20-Poly1305 keys that encrypt Shamir shares (:func:`share_key_info`), all in
+one call to the Rust core (:func:`derive_pair_keys`); a fresh
 32-byte self-mask seed. The self-mask seed and the mask-agreement private key are
 each Shamir-shared among the meter's neighbours with the round's threshold.
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import hmac
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -45,9 +45,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gridsim import _core
 from gridsim.exceptions import GridsimError, ProtocolError
@@ -80,60 +78,12 @@ SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
 SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
-_NO_SALT: Final = bytes(32)
 
 
 @functools.lru_cache(maxsize=64)
 def _context(session: str, round: int) -> bytes:
     s = session.encode()
     return len(s).to_bytes(4, "little") + s + round.to_bytes(8, "little")
-
-
-def _hkdf_extract(shared: bytes) -> bytes:
-    """HKDF-SHA256-Extract (RFC 5869) without salt: HMAC keyed with 32 zero bytes."""
-    return hmac.digest(_NO_SALT, shared, "sha256")
-
-
-def _hkdf_expand(prk: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256-Expand (RFC 5869) to 32 bytes, one block: HMAC(prk, info || 0x01)."""
-    return hmac.digest(prk, info + b"\x01", "sha256")
-
-
-def _hkdf(shared: bytes, info: bytes) -> bytes:
-    """HKDF-SHA256 of ``shared`` without salt, 32 bytes (equal to ``cryptography``'s HKDF).
-
-    Written with :func:`hmac.digest` so that one extraction serves the keys of both
-    directions of a pair; this runs tens of thousands of times per round in a process
-    that simulates many meters.
-    """
-    return _hkdf_expand(_hkdf_extract(shared), info)
-
-
-def _exchange(private: X25519PrivateKey, public: bytes, peer: int) -> bytes:
-    try:
-        return private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:
-        raise ProtocolError(f"meter {peer} advertised a degenerate X25519 key") from None
-
-
-def public_bytes(key: X25519PrivateKey) -> bytes:
-    """The raw 32 bytes of an X25519 private key's public key."""
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-
-def pairwise_seed(
-    private: X25519PrivateKey, peer_public: bytes, session: str, round: int, a: int, b: int
-) -> bytes:
-    """The 32-byte mask seed of meters ``a`` and ``b``: HKDF-SHA256 of their X25519 secret.
-
-    ``info`` binds the domain, session, round and the ordered pair, so both meters
-    (and the server, given a dropped meter's key) derive the same seed.
-    """
-    return _pairwise_seed_of(_exchange(private, peer_public, b), session, round, a, b)
-
-
-def _pairwise_seed_of(shared: bytes, session: str, round: int, a: int, b: int) -> bytes:
-    return _hkdf(shared, pairwise_seed_info(session, round, a, b))
 
 
 def pairwise_seed_info(session: str, round: int, a: int, b: int) -> bytes:
@@ -153,8 +103,9 @@ def derive_pair_keys(
     """X25519 of each ``secrets[i]`` and ``publics[i]``, stretched by HKDF-SHA256 into
     one key per string of ``infos[i]``, in one call to the Rust core (GIL released).
 
-    Equal to :func:`_hkdf` of :meth:`X25519PrivateKey.exchange`; a low-order public
-    key (an all-zero agreement) raises :class:`ProtocolError` naming ``peers[i]``.
+    The agreement is RFC 7748's X25519 and the HKDF has no salt (``tests/secagg/
+    reference.py`` derives the same keys with OpenSSL); a low-order public key (an
+    all-zero agreement) raises :class:`ProtocolError` naming ``peers[i]``.
     """
     derived = _core.x25519_derive(secrets, publics, infos)
     for peer, keys in zip(peers, derived, strict=True):
@@ -163,24 +114,8 @@ def derive_pair_keys(
     return cast(list[list[bytes]], derived)
 
 
-def share_key(
-    private: X25519PrivateKey,
-    peer_public: bytes,
-    session: str,
-    round: int,
-    sender: int,
-    recipient: int,
-) -> bytes:
-    """The ChaCha20-Poly1305 key for shares sent from ``sender`` to ``recipient``."""
-    shared = _exchange(private, peer_public, min(sender, recipient))
-    return _share_key_of(shared, session, round, sender, recipient)
-
-
-def _share_key_of(shared: bytes, session: str, round: int, sender: int, recipient: int) -> bytes:
-    return _hkdf_expand(_hkdf_extract(shared), _share_key_info(session, round, sender, recipient))
-
-
-def _share_key_info(session: str, round: int, sender: int, recipient: int) -> bytes:
+def share_key_info(session: str, round: int, sender: int, recipient: int) -> bytes:
+    """HKDF ``info`` of the key of shares sent from ``sender`` to ``recipient``."""
     return (
         SHARE_KEY_INFO
         + _context(session, round)
@@ -411,9 +346,7 @@ class SecAggClient:
             [self._agree_sk] * len(live) + [self._enc_sk] * len(live),
             [adverts[v].agree_key for v in live] + [adverts[v].enc_key for v in live],
             [[pairwise_seed_info(session, r, u, v)] for v in live]
-            + [
-                [_share_key_info(session, r, u, v), _share_key_info(session, r, v, u)] for v in live
-            ],
+            + [[share_key_info(session, r, u, v), share_key_info(session, r, v, u)] for v in live],
             live + live,
         )
         out: list[EncryptedShare] = []

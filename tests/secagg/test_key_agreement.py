@@ -19,16 +19,10 @@ from hypothesis import strategies as st
 from gridsim import _core
 from gridsim.exceptions import InvalidInputError, ProtocolError
 from gridsim.secagg import messages as msg
-from gridsim.secagg.client import (
-    _hkdf,
-    _share_key_info,
-    derive_pair_keys,
-    pairwise_seed,
-    pairwise_seed_info,
-    public_bytes,
-    share_key,
-)
+from gridsim.secagg.client import derive_pair_keys, pairwise_seed_info, share_key_info
 
+from .reference import hkdf as _hkdf
+from .reference import pairwise_seed, public_bytes, share_key
 from .test_protocol import _config, federation, inputs_for, run_round
 
 keys = st.binary(min_size=32, max_size=32)
@@ -66,7 +60,7 @@ def test_batched_pair_keys_equal_openssl_agreement_and_hkdf(
         [pkb, pkb],
         [
             [pairwise_seed_info("sess", round_, u, v)],
-            [_share_key_info("sess", round_, u, v), _share_key_info("sess", round_, v, u)],
+            [share_key_info("sess", round_, u, v), share_key_info("sess", round_, v, u)],
         ],
         [v, v],
     )

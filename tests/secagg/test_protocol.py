@@ -26,10 +26,12 @@ from scipy import stats
 from gridsim.exceptions import InvalidInputError, ProtocolError, RoundError
 from gridsim.secagg import masking
 from gridsim.secagg import messages as msg
-from gridsim.secagg.client import SecAggClient, pairwise_seed, public_bytes
+from gridsim.secagg.client import SecAggClient
 from gridsim.secagg.graph import min_degree, resolve_degree
 from gridsim.secagg.messages import Stage
 from gridsim.secagg.server import Outbox, RoundState, SecAggConfig, SecAggServer
+
+from .reference import pairwise_seed, public_bytes
 
 SESSION = "feeder-7"
 D = 1000
