@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import time
@@ -20,7 +19,7 @@ from gridsim.learning.batched import TrainConfig
 from gridsim.ledger.audit import verify_own_contribution
 from gridsim.ledger.checkpoint import NoteVerifier, load_verifier
 from gridsim.ledger.entries import MeterContribution
-from gridsim.meter.dropout import vanish_stage, vanishes
+from gridsim.meter.dropout import silent_from
 from gridsim.meter.identity import meter_signing_key, raw_public_key
 from gridsim.meter.peers import shared_peer_keys
 from gridsim.meter.training_pool import DDGaussEncoding, MeterAnswer, TrainingPool
@@ -225,16 +224,9 @@ class MeterAgent:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _silent_from(self, round_: int, secure: bool, meter: int | None = None) -> int | None:
-        """The protocol stage from which a meter (this one by default) vanishes this round.
-
-        None: it stays. Without secure aggregation a vanishing meter is silent from
-        the start.
-        """
-        meter = self.meter if meter is None else meter
-        if not secure:
-            return 0 if vanishes(self.seed, meter, round_, self.dropout) else None
-        return vanish_stage(self.seed, meter, round_, self.dropout)
+    def _silent_from(self, round_: int, secure: bool) -> int | None:
+        """The stage from which this meter vanishes this round (see :func:`silent_from`)."""
+        return silent_from(self.seed, self.meter, round_, self.dropout, secure)
 
     def _start_secagg(self, msg: codec.RoundAnnounce) -> bool:
         """Set up this round's SecAgg+ client (pinning the aggregator's key on first use)."""
@@ -262,14 +254,7 @@ class MeterAgent:
             log.warning("meter %d: round %d has a bad model: %s", self.meter, msg.round, exc)
             return
         secure = msg.train and bool(msg.secagg_key)
-        expected = _expected_meters(
-            tuple(self.pool.local(msg.selected)),
-            msg.round,
-            msg.train,
-            secure,
-            self.seed,
-            self.dropout,
-        )
+        expected = _expected_meters(self.pool, msg, secure, self.seed, self.dropout)
         p = msg.plan
         plan = TrainConfig(p.local_epochs, p.batch_size, p.lr, p.clip_norm, p.local_noise)
         encoding = None
@@ -483,20 +468,28 @@ async def run_fleet(
     }
 
 
-@functools.lru_cache(maxsize=16)
-def _expected_meters(
-    local: tuple[int, ...], round_: int, train: bool, secure: bool, seed: int, dropout: float
-) -> int:
-    """How many of a process's selected meters join the round's training batch.
+_EXPECTED: dict[tuple[TrainingPool, str, int, bool], int] = {}
 
-    The same for every meter of the process; remembered, so that a process of n
-    meters counts once per round rather than n times over n meters.
+
+def _expected_meters(
+    pool: TrainingPool, msg: codec.RoundAnnounce, secure: bool, seed: int, dropout: float
+) -> int:
+    """How many of a pool's meters join the round's batch (those not silent from stage 0).
+
+    The same for every meter of the pool: counted once per round and pool, not by
+    each of its n meters over all n.
     """
-    if not train:
-        return len(local)
-    if secure:
-        return sum(1 for m in local if vanish_stage(seed, m, round_, dropout) != 0)
-    return sum(1 for m in local if not vanishes(seed, m, round_, dropout))
+    key = (pool, msg.run, msg.round, msg.train)
+    count = _EXPECTED.get(key)
+    if count is None:
+        if len(_EXPECTED) >= 64:
+            _EXPECTED.clear()
+        count = _EXPECTED[key] = sum(
+            1
+            for m in pool.local(msg.selected)
+            if not msg.train or silent_from(seed, m, msg.round, dropout, secure) != 0
+        )
+    return count
 
 
 _REFUSALS_LOGGED: set[int] = set()

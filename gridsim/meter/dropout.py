@@ -24,3 +24,13 @@ def vanish_stage(seed: int, meter: int, round_: int, p: float, stages: int = 4) 
         return None
     digest = hashlib.sha256(f"gridsim-dropout-stage/{seed}/{meter}/{round_}".encode()).digest()
     return digest[0] % stages
+
+
+def silent_from(seed: int, meter: int, round_: int, dropout: float, secure: bool) -> int | None:
+    """The protocol stage from which ``meter`` vanishes in ``round_``, or None: it stays.
+
+    Without secure aggregation a vanishing meter is silent from the start (stage 0).
+    """
+    if not secure:
+        return 0 if vanishes(seed, meter, round_, dropout) else None
+    return vanish_stage(seed, meter, round_, dropout)
