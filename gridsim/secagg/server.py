@@ -564,7 +564,9 @@ class SecAggServer:
                     signs.append(-1 if v < u else 1)
                     streams.append(masking.pair_stream_id(u, v))
             seeds.extend(keys[0] for keys in derive_pair_keys(sks, publics, infos, peers))
-        except RoundError as exc:
+        except (RoundError, ProtocolError) as exc:
+            # A degenerate survivor key (honest neighbours refuse one, so only a
+            # cheating pair gets here) loses the round, not the aggregator.
             return self._abandon(str(exc))
         dtype = words_dtype(p.bits)
         total = cast(masking.MaskArray, np.zeros(p.d, dtype=dtype))

@@ -498,6 +498,25 @@ def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
         client.prepare_masked_input(request)
 
 
+def test_a_degenerate_survivor_key_abandons_the_round_with_its_reason() -> None:
+    # Honest meters refuse a low-order key when they share; only a survivor and a
+    # dropped neighbour that both cheat bring one to the server's mask recovery.
+    # Changing the advertisement the server stored stands in for that pair.
+    fed = federation(10, _config(10))
+    u = sorted(fed.clients)[0]
+    out = run_round(fed, 1, inputs_for(fed), {Stage.MASKED_INPUT: {u}}, until=Stage.UNMASK)
+    server = fed.server
+    v = min(server._graph[u])
+    server._adverts[v] = msgspec.structs.replace(server._adverts[v], agree_key=bytes(32))
+    assert out.broadcast is not None
+    for m in sorted(server.waiting_for):
+        server.receive(_wire(fed.clients[m].unmask(_wire(out.broadcast))), 0.0)
+    closed = server.close_stage(0.0)
+    assert closed.result is None
+    assert closed.abandoned is not None
+    assert f"meter {v} advertised a degenerate X25519 key" in closed.abandoned
+
+
 def test_client_rejects_forged_replayed_and_out_of_order_requests(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
