@@ -225,23 +225,25 @@ class TrainingPool:
         if self.child_threads is not None:
             # Each child trains its own meters' rows (in its local numbering).
             owner = np.searchsorted(self._bounds, rows, side="right") - 1
-            parts = [np.flatnonzero(owner == i) for i in range(len(self._bounds) - 1)]
+            children = self._children()
+            parts = [(i, np.flatnonzero(owner == i)) for i in range(len(children))]
+            parts = [(i, part) for i, part in parts if len(part)]
             try:
-                futures = [
-                    asyncio.wrap_future(
-                        executor.submit(_child_run, job, rows[part] - self._bounds[i])
+                done = await asyncio.gather(
+                    *(
+                        asyncio.wrap_future(
+                            children[i].submit(_child_run, job, rows[part] - self._bounds[i])
+                        )
+                        for i, part in parts
                     )
-                    for i, (executor, part) in enumerate(zip(self._children(), parts, strict=True))
-                    if len(part)
-                ]
-                done = await asyncio.gather(*futures)
+                )
             except BrokenProcessPool:
                 # A child died (killed, out of memory): the next batch starts anew.
                 self.close()
                 raise
             answers: list[MeterAnswer | None] = [None] * len(rows)
-            for part, (got, peak_kb) in zip((p for p in parts if len(p)), done, strict=True):
-                self.child_peak_rss_kb[peak_kb[0]] = peak_kb[1]
+            for (_, part), (got, (pid, peak_kb)) in zip(parts, done, strict=True):
+                self.child_peak_rss_kb[pid] = peak_kb
                 for i, answer in zip(part.tolist(), got, strict=True):
                     answers[i] = answer
             assert all(a is not None for a in answers)
