@@ -26,6 +26,10 @@
 //! every neighbour of its owner, so a process remembers the mapped points of the
 //! public keys it has seen (public data only; the cache never sees a secret).
 //!
+//! [`agree_derive_many`] converts its Edwards results to u-coordinates sixteen at
+//! a time with one field inversion (Montgomery's trick), a sixth less per
+//! agreement than one inversion each.
+//!
 //! A shared secret is never used as a key itself: [`agree_derive_many`] stretches
 //! each one with HKDF-SHA256 (RFC 5869, no salt) into one 32-byte key per `info`
 //! string and wipes it, in the same pass over rayon's pool, so a meter's whole
@@ -50,6 +54,11 @@ pub const KEY_LEN: usize = 32;
 
 /// Agreements per rayon task: fewer are not worth a thread hop.
 const MIN_PER_TASK: usize = 8;
+
+/// Agreements per batch inversion in [`agree_derive_many`] (and per rayon task):
+/// the inversions saved level off while a meter's few dozen agreements still
+/// spread over both cores.
+const BATCH: usize = 16;
 
 /// Mapped public keys a process keeps before it starts afresh (about 13 MB).
 const PEER_CACHE_LIMIT: usize = 1 << 16;
@@ -109,16 +118,54 @@ pub fn public_key(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
 pub fn agree(secret: &[u8; KEY_LEN], public: &[u8; KEY_LEN]) -> Option<[u8; KEY_LEN]> {
     match peer(public) {
         Peer::Point(torsion_free) => {
-            let mut eighth = clamped_eighth(secret);
-            let mut scalar = Scalar::from_bytes_mod_order(eighth);
-            let shared = (torsion_free * scalar).to_montgomery().to_bytes();
-            eighth.zeroize();
-            scalar.zeroize();
+            let shared = edwards_multiple(secret, &torsion_free)
+                .to_montgomery()
+                .to_bytes();
             (shared != [0u8; KEY_LEN]).then_some(shared)
         }
         Peer::SmallOrder => None,
         Peer::Twist => agree_ladder(secret, public),
     }
+}
+
+/// The Edwards multiple (k/8)·(8P) whose u-coordinate is the agreement of
+/// `secret` with a peer on the curve; the caller converts it.
+fn edwards_multiple(secret: &[u8; KEY_LEN], torsion_free: &EdwardsPoint) -> EdwardsPoint {
+    let mut eighth = clamped_eighth(secret);
+    let mut scalar = Scalar::from_bytes_mod_order(eighth);
+    let point = torsion_free * scalar;
+    eighth.zeroize();
+    scalar.zeroize();
+    point
+}
+
+/// [`agree`] of every pair of `pairs`, in order, with one field inversion for the
+/// whole chunk: the Edwards results go to Montgomery form together
+/// (Montgomery's trick), which saves an inversion (about a fifth of an
+/// agreement) per pair. Twist points take the ladder, low-order points give None.
+fn agree_chunk(pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])]) -> Vec<Option<[u8; KEY_LEN]>> {
+    let mut out: Vec<Option<[u8; KEY_LEN]>> = vec![None; pairs.len()];
+    let mut points = Vec::with_capacity(pairs.len());
+    let mut slots = Vec::with_capacity(pairs.len());
+    for (i, (secret, public)) in pairs.iter().enumerate() {
+        match peer(public) {
+            Peer::Point(torsion_free) => {
+                points.push(edwards_multiple(secret, &torsion_free));
+                slots.push(i);
+            }
+            Peer::SmallOrder => {}
+            Peer::Twist => out[i] = agree_ladder(secret, public),
+        }
+    }
+    // A multiple of a prime-order point by a scalar in [2^251, 2^252) is never the
+    // identity, so no denominator of the batch inversion is zero.
+    let montgomery = EdwardsPoint::to_montgomery_batch(&points);
+    points.zeroize();
+    for (slot, u) in slots.into_iter().zip(montgomery) {
+        let shared = u.to_bytes();
+        out[slot] = (shared != [0u8; KEY_LEN]).then_some(shared);
+    }
+    out
 }
 
 /// [`agree`] with the Montgomery ladder of RFC 7748 (x25519-dalek).
@@ -178,15 +225,20 @@ pub fn agree_derive_many(
 ) -> Vec<Option<Vec<[u8; KEY_LEN]>>> {
     assert_eq!(pairs.len(), infos.len(), "one info list per pair");
     pairs
-        .par_iter()
-        .zip(infos)
-        .with_min_len(MIN_PER_TASK)
-        .map(|((secret, public), infos)| {
-            agree(secret, public).map(|mut shared| {
-                let keys = hkdf_keys(&shared, infos);
-                shared.zeroize();
-                keys
-            })
+        .par_chunks(BATCH)
+        .zip(infos.par_chunks(BATCH))
+        .flat_map_iter(|(pairs, infos)| {
+            agree_chunk(pairs)
+                .into_iter()
+                .zip(infos)
+                .map(|(shared, infos)| {
+                    shared.map(|mut shared| {
+                        let keys = hkdf_keys(&shared, infos);
+                        shared.zeroize();
+                        keys
+                    })
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -337,6 +389,33 @@ mod tests {
             assert_eq!(*got, agree(sk, pk));
         }
         assert_eq!(batch[17], None);
+    }
+
+    #[test]
+    fn batched_inversion_gives_the_ladders_answer_across_chunks() {
+        // Curve points, twist points and low-order points mixed, over several
+        // chunks and a short last one: each slot keeps its own answer.
+        let mut state = 0x0123_4567_89ab_cdef;
+        let mut pairs: Vec<([u8; KEY_LEN], [u8; KEY_LEN])> = (0..3 * BATCH + 5)
+            .map(|i| {
+                let secret = bytes(&mut state);
+                let public = match i % 5 {
+                    0..=2 => public_key(&bytes(&mut state)),
+                    _ => bytes(&mut state), // on the curve or the twist
+                };
+                (secret, public)
+            })
+            .collect();
+        pairs[BATCH - 1].1 = [0u8; KEY_LEN];
+        pairs[2 * BATCH].1[0] = 1;
+        for (i, got) in agree_chunk(&pairs).iter().enumerate() {
+            assert_eq!(*got, agree_ladder(&pairs[i].0, &pairs[i].1), "pair {i}");
+        }
+        let infos: Vec<Vec<Vec<u8>>> = (0..pairs.len()).map(|i| vec![vec![i as u8]]).collect();
+        for (i, keys) in agree_derive_many(&pairs, &infos).iter().enumerate() {
+            let want = agree_ladder(&pairs[i].0, &pairs[i].1).map(|s| hkdf_keys(&s, &infos[i]));
+            assert_eq!(*keys, want, "pair {i}");
+        }
     }
 
     fn hex(bytes: &[u8]) -> String {
