@@ -8,6 +8,7 @@ after sending the masked input.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -461,6 +462,28 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     with pytest.raises(ProtocolError, match="duplicate ShareKeys"):
         fed.server.receive(_wire(share), 0.0)
     assert [r.round for r in fed.server.rejected] == [2, 2, 2, 2]
+
+
+def test_server_refuses_masked_data_that_its_signed_digest_does_not_cover() -> None:
+    # The signature covers the masked vector through its SHA-256: a vector swapped
+    # under a genuine signature, or a digest changed with it, is refused.
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    out = run_round(fed, 1, inputs, until=Stage.MASKED_INPUT)
+    m = min(out.direct)
+    request = out.direct[m]
+    assert isinstance(request, msg.MaskedInputRequest)
+    genuine = fed.clients[m].masked_input(request, inputs[m])
+    data = bytearray(genuine.data)
+    data[0] ^= 1
+    swapped = msgspec.structs.replace(genuine, data=bytes(data))
+    with pytest.raises(ProtocolError, match="does not match its SHA-256"):
+        fed.server.receive(_wire(swapped), 0.0)
+    rehashed = msgspec.structs.replace(swapped, digest=hashlib.sha256(data).digest())
+    with pytest.raises(ProtocolError, match="bad signature"):
+        fed.server.receive(_wire(rehashed), 0.0)
+    fed.server.receive(_wire(genuine), 0.0)  # the genuine one still counts
+    assert m not in fed.server.waiting_for
 
 
 def test_masks_prepared_before_the_input_give_the_exact_sum() -> None:
