@@ -296,9 +296,15 @@ class TrainingPool:
             # torch finishes its lazy imports in the first batch. From then on the
             # process's long-lived objects (torch, the data, the agents) stay out of
             # the collector's full collections, which otherwise re-scan them many
-            # times per round while hundreds of agents allocate messages.
+            # times per round while hundreds of agents allocate messages. The
+            # young generation is collected every 50,000 allocations instead of
+            # 700: a round's messages die by reference count long before, and
+            # collecting them every 700 cost 0.3 core-s per round of 500 meters
+            # (plain round 2.87 -> 2.61 core-s, secure 6.05 -> 5.67 with two
+            # other changes, on the Intel machine).
             self._frozen = True
             gc.freeze()
+            gc.set_threshold(50_000, 20, 20)
             # Thawed at exit, so the interpreter's last collection still frees them.
             atexit.register(gc.unfreeze)
         for meter, answer in zip(meters, answers, strict=True):
