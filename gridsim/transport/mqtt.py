@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import aiomqtt
 
@@ -42,6 +44,35 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def _write_at_once(client: aiomqtt.Client) -> None:
+    """Send each outgoing packet at once instead of on the next loop iteration.
+
+    aiomqtt answers paho's "register write" callback (a packet was queued) by
+    scheduling ``add_writer`` through ``call_soon_threadsafe``, so every PUBLISH and
+    PUBACK costs a self-pipe wake-up, two epoll registrations and a loop iteration
+    before it is written. On the event loop's own thread, outside paho's callbacks
+    (paho's own rule for writing directly), the packet is written right away; only
+    what the socket does not take waits for writability, through aiomqtt as before.
+    A 500-meter request/reply over Mosquitto: about 0.6 -> 0.5 ms of CPU per meter;
+    a plain 500-meter round 1.43 -> 1.32 s (medians of 8 rounds, Intel machine).
+    This reaches into aiomqtt's paho client (``_client``); aiomqtt 2.x is pinned.
+    """
+    paho = client._client
+    register = paho.on_socket_register_write
+    loop_thread = threading.get_ident()
+
+    def register_write(mqttc: Any, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == loop_thread and mqttc._in_callback_mutex.acquire(False):
+            mqttc._in_callback_mutex.release()
+            mqttc.loop_write()  # unregisters itself once everything is written
+            if not mqttc.want_write():
+                return
+        if register is not None:
+            register(mqttc, userdata, sock)
+
+    paho.on_socket_register_write = register_write
 
 
 class Connection:
@@ -89,6 +120,7 @@ class Connection:
         # Fan-out (receipts, secure-aggregation requests) publishes hundreds of
         # messages at once by design; aiomqtt would warn from ten on.
         client.pending_calls_threshold = 100_000
+        _write_at_once(client)
         return client
 
     async def run(self) -> None:
