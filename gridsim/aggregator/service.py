@@ -141,6 +141,10 @@ class Aggregator:
         self.secagg: SecAggServer | None = None
         self._secagg_key = b""
         self._secagg_broadcast = b""
+        # The open stage's requests addressed to single meters (encoded), sent again
+        # to a meter that reconnects before answering: the broker keeps no copy.
+        self._secagg_direct: dict[int, bytes] = {}
+        self._resends: set[asyncio.Task[bool]] = set()
         if config.secagg is not None:
             if signing_key is None:
                 raise RoundError("secure aggregation needs the aggregator's signing key")
@@ -255,6 +259,9 @@ class Aggregator:
             self.registered[meter] = msg.n_train
             self.offline.discard(meter)
             self._changed.set()
+            # A meter says hello on every (re)connect: if it reconnected mid-stage,
+            # the request it waits for may have been lost with its old connection.
+            self._resend_direct([meter])
         elif isinstance(msg, codec.Update) and topic == self.topics.update(meter):
             rnd = self._round
             if rnd is None:
@@ -364,6 +371,22 @@ class Aggregator:
                 await self.connection.publish(
                     self.topics.secagg, self._secagg_broadcast, retain=True, wait=0
                 )
+            self._resend_direct(list(self._secagg_direct))
+
+    def _resend_direct(self, meters: list[int]) -> None:
+        """Send the open stage's request again to those of ``meters`` yet to answer it."""
+        server = self.secagg
+        if server is None or not self._secagg_direct:
+            return
+        waiting = server.waiting_for
+        for meter in meters:
+            payload = self._secagg_direct.get(meter)
+            if payload is not None and meter in waiting:
+                task = asyncio.get_running_loop().create_task(
+                    self.connection.publish(self.topics.secagg_to(meter), payload, wait=0)
+                )
+                self._resends.add(task)
+                task.add_done_callback(self._resends.discard)
 
     # -- driver -----------------------------------------------------------------
 
@@ -511,8 +534,9 @@ class Aggregator:
             sends.append(
                 self.connection.publish(self.topics.secagg, self._secagg_broadcast, retain=True)
             )
-        for meter, msg in out.direct.items():
-            sends.append(self.connection.publish(self.topics.secagg_to(meter), sa.encode(msg)))
+        self._secagg_direct = {meter: sa.encode(msg) for meter, msg in out.direct.items()}
+        for meter, payload in self._secagg_direct.items():
+            sends.append(self.connection.publish(self.topics.secagg_to(meter), payload))
         await asyncio.gather(*sends)
 
     async def _secure_round(self, rnd: FedAvgRound) -> RoundOutcome:
@@ -553,7 +577,7 @@ class Aggregator:
                     stats.verify_failures += int(not result.verified)
                 break
             await self._publish_secagg(out)
-        self._secagg_broadcast = b""
+        self._secagg_broadcast, self._secagg_direct = b"", {}
         await self.connection.publish(self.topics.secagg, b"", retain=True)
         if result is None:
             stats.rounds_abandoned += 1

@@ -356,7 +356,10 @@ class MeterAgent:
             if isinstance(msg, sa.AdvertiseRequest):
                 if self.meter not in msg.params.meters:
                     return
-                reply: sa.MeterMessage = client.advertise(msg)
+                advert = client.advertise(msg)
+                if advert is None:
+                    return  # advertised ahead: the aggregator has it
+                reply: sa.MeterMessage = advert
             elif isinstance(msg, sa.ShareRequest):
                 reply = await asyncio.to_thread(client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):

@@ -26,6 +26,15 @@ one call to the Rust core (:func:`derive_pair_keys`); a fresh
 32-byte self-mask seed. The self-mask seed and the mask-agreement private key are
 each Shamir-shared among the meter's neighbours with the round's threshold.
 
+Advertising ahead: with its unmasking response a meter sends the advertisement of
+fresh keys for the next round (``UnmaskResponse.next``, signed on its own and bound
+to that round). The server lists the meters whose advertisement it holds as
+``ready`` in the next :class:`AdvertiseRequest`; they take up those keys and do not
+answer, so a round whose meters all took part in the last one opens at sharing. A
+meter never advertises two sets of keys for one round: one the server did not list
+as ready answers with the keys it sent ahead, and one listed as ready that holds no
+such keys (it restarted) refuses the round and advertises afresh in the next.
+
 The client answers one unmasking request per round and refuses any that names a
 meter as both surviving and dropped, names a neighbour that never sent it shares or
 leaves one out, or leaves fewer than ``t`` survivors: for each neighbour it reveals
@@ -185,6 +194,9 @@ class SecAggClient:
         self._agree_sk = b""
         self._self_seed = b""
         self._advert: AdvertiseKeys | None = None
+        # Keys for the next round, advertised ahead in the last unmasking response:
+        # (their advertisement, the 96 secret bytes); see unmask.
+        self._pending: tuple[AdvertiseKeys, bytes] | None = None
         self._inbound_keys: dict[int, bytes] = {}
         self._pair_seeds: dict[int, bytes] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}
@@ -254,8 +266,13 @@ class SecAggClient:
 
     # ---- stage 0: advertise keys ------------------------------------------------------
 
-    def advertise(self, request: AdvertiseRequest) -> AdvertiseKeys:
-        """Start the round ``request`` opens: fresh keys and self-mask seed, signed public keys."""
+    def advertise(self, request: AdvertiseRequest) -> AdvertiseKeys | None:
+        """Start the round ``request`` opens: fresh keys and self-mask seed, signed public keys.
+
+        Keys already advertised for this round (in the last unmasking response) are
+        used, not replaced; None when ``request`` lists this meter as ``ready`` (the
+        server holds that advertisement, nothing to send).
+        """
         self._check(request, AdvertiseRequest, Stage.ADVERTISE)
         p = request.params
         n = len(p.meters)
@@ -273,7 +290,18 @@ class SecAggClient:
                 f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
             )
         graph = neighbor_graph(p.meters, p.neighbors, p.graph_seed)
-        fresh = self._random_bytes(64 + masking.SEED_LEN)
+        pending = self._pending
+        ready = self.meter in request.ready
+        if pending is not None and pending[0].round == request.round:
+            advert, fresh = pending  # sent ahead: the same keys, never a second set
+        elif ready:
+            raise ProtocolError(
+                f"the server holds an advertisement of this meter for round {request.round}, "
+                "but this meter sent none"
+            )
+        else:
+            advert, fresh = self._new_keys(request.round)
+        self._pending = None
         enc_sk, agree_sk, self_seed = fresh[:32], fresh[32:64], fresh[64:]
         self._last_round = request.round
         self._params = p
@@ -283,19 +311,24 @@ class SecAggClient:
         self._prepared = None
         self.quantized, self.saturated = None, 0
         self._expect = Stage.SHARE
-        reply = AdvertiseKeys(
+        self._advert = advert
+        return None if ready else advert
+
+    def _new_keys(self, round: int) -> tuple[AdvertiseKeys, bytes]:
+        """Fresh key pairs and self-mask seed for ``round``, and their signed advertisement."""
+        fresh = self._random_bytes(64 + masking.SEED_LEN)
+        advert = AdvertiseKeys(
             v=SECAGG_WIRE_VERSION,
             session=self.session,
-            round=self._last_round,
+            round=round,
             stage=Stage.ADVERTISE,
             sig=b"",
             meter=self.meter,
-            enc_key=_core.x25519_public_key(enc_sk),
-            agree_key=_core.x25519_public_key(agree_sk),
-            seed_commitment=seed_commitment(self.session, request.round, self.meter, self_seed),
+            enc_key=_core.x25519_public_key(fresh[:32]),
+            agree_key=_core.x25519_public_key(fresh[32:64]),
+            seed_commitment=seed_commitment(self.session, round, self.meter, fresh[64:]),
         )
-        self._advert = sign(reply, self._signing_key)
-        return self._advert
+        return sign(advert, self._signing_key), fresh
 
     # ---- stage 1: share keys ----------------------------------------------------------
 
@@ -539,6 +572,8 @@ class SecAggClient:
         self._expect = None
         self._held = {}
         self._self_seed = self._agree_sk = self._enc_sk = b""
+        # The next round's keys go out now, so that round need not wait for them.
+        self._pending = self._new_keys(self._last_round + 1)
         reply = UnmaskResponse(
             v=SECAGG_WIRE_VERSION,
             session=self.session,
@@ -548,5 +583,6 @@ class SecAggClient:
             meter=self.meter,
             seed_shares=seed_shares,
             key_shares=key_shares,
+            next=self._pending[0],
         )
         return sign(reply, self._signing_key)

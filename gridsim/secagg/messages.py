@@ -125,9 +125,15 @@ class AdvertiseKeys(_FromMeter, tag="sa.advertise", frozen=True):
 
 
 class AdvertiseRequest(_Signed, tag="sa.advertise_req", frozen=True):
-    """The server opens a round: its parameters."""
+    """The server opens a round: its parameters.
+
+    ``ready``: the selected meters whose advertisement for this round the server
+    already holds (each sent it ahead, in its last :class:`UnmaskResponse`); they
+    take it up and do not answer.
+    """
 
     params: RoundParams
+    ready: list[MeterId] = msgspec.field(default_factory=list)
 
 
 class ShareRequest(_Signed, tag="sa.share_req", frozen=True):
@@ -193,10 +199,15 @@ class RevealedShare(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=
 
 
 class UnmaskResponse(_FromMeter, tag="sa.unmask", frozen=True):
-    """Shares of surviving neighbours' self-mask seeds and dropped neighbours' keys."""
+    """Shares of surviving neighbours' self-mask seeds and dropped neighbours' keys.
+
+    ``next``: the meter's advertisement for the next round (``round + 1``), signed
+    on its own, sent ahead so that round opens without waiting for it.
+    """
 
     seed_shares: list[RevealedShare]
     key_shares: list[RevealedShare]
+    next: AdvertiseKeys | None = None
 
 
 ServerMessage: TypeAlias = AdvertiseRequest | ShareRequest | MaskedInputRequest | UnmaskRequest

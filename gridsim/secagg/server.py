@@ -19,7 +19,10 @@ publishes the reply. Messages cross the wire with
 :func:`gridsim.secagg.messages.encode` and :func:`~gridsim.secagg.messages.decode`.
 Meters need the server's public key and their neighbours' enrolment keys.
 
-Stages and who the server waits for: ``ADVERTISE`` (the selected meters),
+Stages and who the server waits for: ``ADVERTISE`` (the selected meters, less
+those whose advertisement for the round came ahead in their last unmasking
+response: they are listed as ``ready`` and do not answer, so when every selected
+meter answered the last round, the stage is complete as it opens),
 ``SHARE`` (those that advertised keys), ``MASKED_INPUT`` (those that shared),
 ``UNMASK`` (those that sent a masked input). Each stage closes at its deadline
 (``stage_timeout_s`` after it opened) with whoever answered; meters that did not
@@ -210,6 +213,9 @@ class SecAggServer:
         self.result: SecAggResult | None = None
         self.abandon_reason: str | None = None
         self._last_round = -1
+        # Advertisements for the round after the open one, sent ahead by meters in
+        # their unmasking responses (checked and signed like any advertisement).
+        self._next_adverts: dict[int, AdvertiseKeys] = {}
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -323,6 +329,12 @@ class SecAggServer:
             clip=cfg.clip,
             scale=cfg.scale,
         )
+        ahead = {
+            m: adv
+            for m in selected
+            if (adv := self._next_adverts.get(m)) is not None and adv.round == round
+        }
+        self._next_adverts = {}
         self._reset_round()
         self.round, self._last_round = round, round
         self.result, self.abandon_reason = None, None
@@ -330,8 +342,13 @@ class SecAggServer:
         self._graph = neighbor_graph(selected, k, seed)
         self._min_live = max(t, cfg.min_survivors)
         self._open(Stage.ADVERTISE, frozenset(selected), now)
+        # Meters that advertised ahead are in already: when all did, the stage is
+        # complete at once and the transport moves on to sharing.
+        self._adverts = ahead
         v, s, r, st, sig = self._request_fields(Stage.ADVERTISE)
-        request = AdvertiseRequest(v=v, session=s, round=r, stage=st, sig=sig, params=params)
+        request = AdvertiseRequest(
+            v=v, session=s, round=r, stage=st, sig=sig, params=params, ready=sorted(ahead)
+        )
         return Outbox(broadcast=sign(request, self._key))
 
     def _open(self, stage: Stage, expected: frozenset[int], now: float) -> None:
@@ -417,6 +434,19 @@ class SecAggServer:
 
     def _accept_unmask(self, msg: UnmaskResponse) -> None:
         u = msg.meter
+        ahead = msg.next
+        if ahead is not None:
+            assert self.round is not None
+            if (ahead.session, ahead.round, ahead.stage, ahead.meter) != (
+                self.session,
+                self.round + 1,
+                Stage.ADVERTISE,
+                u,
+            ):
+                raise ProtocolError(
+                    f"meter {u}'s advertisement ahead is not its own for the next round"
+                )
+            verify_signature(ahead, self._enrolled[u])
         mine = self._graph[u]
         survivors, dropped = set(self._survivors), set(self._dropped)
         seed_owners = [r.owner for r in msg.seed_shares]
@@ -429,6 +459,8 @@ class SecAggServer:
             if masking.share_x(r.share) != u + 1:
                 raise ProtocolError(f"meter {u} reveals a share that is not its own")
         self._responses[u] = msg
+        if ahead is not None:
+            self._next_adverts[u] = ahead
 
     # ---- closing stages -------------------------------------------------------------
 

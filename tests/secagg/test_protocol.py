@@ -120,7 +120,10 @@ def run_round(
     for stage in Stage:
         gone |= drop.get(stage, set())
         requests: dict[int, msg.ServerMessage] = dict(out.direct)
-        if out.broadcast is not None:
+        if isinstance(out.broadcast, msg.AdvertiseRequest):
+            # Every selected meter hears it, also those that advertised ahead.
+            requests = {m: out.broadcast for m in out.broadcast.params.meters}
+        elif out.broadcast is not None:
             requests = {m: out.broadcast for m in server.waiting_for}
         fed.requests[stage] = requests
         if until is stage:
@@ -130,10 +133,12 @@ def run_round(
             if m in gone:
                 continue
             client, req = fed.clients[m], _wire(request)
-            reply: msg.MeterMessage
+            reply: msg.MeterMessage | None
             try:
                 if isinstance(req, msg.AdvertiseRequest):
                     reply = client.advertise(req)
+                    if reply is None:
+                        continue  # advertised ahead
                 elif isinstance(req, msg.ShareRequest):
                     reply = client.share_keys(req)
                 elif isinstance(req, msg.MaskedInputRequest):
@@ -447,8 +452,11 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     m = sorted(fed.clients)[0]
     with pytest.raises(ProtocolError, match="replayed or out-of-round: round 1, open 2"):
         fed.server.receive(_wire(old[m]), 0.0)
-    # A second advertisement during the share stage is out of order.
-    again = fed.replies[Stage.ADVERTISE][m]
+    # A second advertisement during the share stage is out of order (round 2's
+    # came ahead, in round 1's unmasking response).
+    unmasked = fed.replies[Stage.UNMASK][m]
+    assert isinstance(unmasked, msg.UnmaskResponse) and unmasked.next is not None
+    again = unmasked.next
     with pytest.raises(ProtocolError, match="out of order: ADVERTISE message during SHARE"):
         fed.server.receive(_wire(again), 0.0)
     # A message whose stage field lies about its type.
@@ -462,6 +470,107 @@ def test_server_rejects_replayed_and_out_of_stage_messages() -> None:
     with pytest.raises(ProtocolError, match="duplicate ShareKeys"):
         fed.server.receive(_wire(share), 0.0)
     assert [r.round for r in fed.server.rejected] == [2, 2, 2, 2]
+
+
+# ---- advertising ahead ---------------------------------------------------------------
+
+
+def test_a_round_whose_meters_all_advertised_ahead_opens_at_sharing() -> None:
+    fed = federation(20, _config(20))
+    inputs = inputs_for(fed)
+    first = run_round(fed, 1, inputs)
+    assert first.result is not None and first.result.verified is True
+    out = fed.server.start_round(2, sorted(fed.clients), 0.0, graph_seed=GRAPH_SEED)
+    assert isinstance(out.broadcast, msg.AdvertiseRequest)
+    assert out.broadcast.ready == sorted(fed.clients)
+    assert fed.server.stage_complete  # nobody to wait for
+    second = run_round(fed, 3, inputs)  # supersedes round 2; 3's keys were not sent ahead
+    assert second.result is not None and second.result.verified is True
+    assert len(fed.replies[Stage.ADVERTISE]) == 20
+    third = run_round(fed, 4, inputs)
+    assert third.result is not None and third.result.verified is True
+    assert fed.replies[Stage.ADVERTISE] == {}  # every advertisement came ahead
+    assert len(third.result.survivors) == 20
+
+
+def test_meters_that_did_not_unmask_advertise_again_and_count() -> None:
+    fed = federation(30, _config(30))
+    inputs = inputs_for(fed)
+    late = set(sorted(fed.clients)[:3])
+    first = run_round(fed, 1, inputs, {Stage.UNMASK: late})
+    assert first.result is not None and first.result.verified is True
+    second = run_round(fed, 2, inputs)
+    assert second.result is not None and second.result.verified is True
+    assert set(fed.replies[Stage.ADVERTISE]) == late  # only they had to answer
+    assert set(second.result.survivors) == set(fed.clients)
+
+
+def test_a_meter_that_lost_the_keys_it_sent_ahead_sits_out_one_round() -> None:
+    # A restarted meter is listed as ready but holds no keys: it refuses the round,
+    # the others finish it exactly, and it is back in the round after.
+    fed = federation(20, _config(20))
+    inputs = inputs_for(fed)
+    run_round(fed, 1, inputs)
+    m = sorted(fed.clients)[5]
+    old = fed.clients[m]
+    fed.clients[m] = SecAggClient(
+        m, fed.meter_keys[m], fed.server_key.public_key(), old._peer_keys, session=SESSION
+    )
+    refusals: list[str] = []
+    second = run_round(fed, 2, inputs, refusals=refusals)
+    assert refusals == [
+        "the server holds an advertisement of this meter for round 2, but this meter sent none"
+    ]
+    assert second.result is not None and second.result.verified is True
+    assert m in second.result.absent
+    third = run_round(fed, 3, inputs)
+    assert third.result is not None and third.result.verified is True
+    assert m in third.result.survivors
+
+
+def test_keys_sent_ahead_are_sent_again_unchanged_to_a_server_without_them() -> None:
+    # A restarted aggregator never saw the advertisements sent ahead: each meter
+    # answers with the very keys it sent, never a second set for the same round.
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    run_round(fed, 1, inputs)
+    ahead = {}
+    for m, r in fed.replies[Stage.UNMASK].items():
+        assert isinstance(r, msg.UnmaskResponse)
+        ahead[m] = r.next
+    fresh = SecAggServer(fed.server_key, SESSION, _config(10))
+    for m, key in fed.meter_keys.items():
+        fresh.enroll(m, key.public_key())
+    fed.server = fresh
+    out = run_round(fed, 2, inputs)
+    assert out.result is not None and out.result.verified is True
+    assert fed.replies[Stage.ADVERTISE] == ahead
+
+
+def test_server_refuses_an_advertisement_ahead_that_is_not_the_next_rounds() -> None:
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    out = run_round(fed, 1, inputs, until=Stage.UNMASK)
+    request = out.broadcast
+    assert isinstance(request, msg.UnmaskRequest)
+    m, other = sorted(fed.clients)[:2]
+    genuine = fed.clients[m].unmask(_wire(request))  # type: ignore[arg-type]
+    assert genuine.next is not None and genuine.next.round == 2
+    key = fed.meter_keys[m]
+    wrong_round = msg.sign(msgspec.structs.replace(genuine.next, round=3), key)
+    theirs = msg.sign(msgspec.structs.replace(genuine.next, meter=other), fed.meter_keys[other])
+    forged = msg.sign(genuine.next, fed.meter_keys[other])  # not m's signature
+    for bad, reason in [
+        (wrong_round, "not its own for the next round"),
+        (theirs, "not its own for the next round"),
+        (forged, "bad signature"),
+    ]:
+        with pytest.raises(ProtocolError, match=reason):
+            fed.server.receive(
+                _wire(msg.sign(msgspec.structs.replace(genuine, next=bad), key)), 0.0
+            )
+    fed.server.receive(_wire(genuine), 0.0)
+    assert m not in fed.server.waiting_for
 
 
 def test_server_refuses_masked_data_that_its_signed_digest_does_not_cover() -> None:
