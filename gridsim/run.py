@@ -457,6 +457,10 @@ async def run_federation(
             pool.close()
 
 
+SECAGG_STAGES = ("advertise", "share", "masked_input", "unmask")
+"""The secure-aggregation stages whose durations rounds.csv reports (empty when off)."""
+
+
 def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
     """One row per training round; the eval columns measure the model that round produced."""
     rows = []
@@ -478,6 +482,7 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
                 "train_s": r.train_s,
                 "aggregate_s": r.aggregate_s,
                 "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
+                **{f"secagg_{stage}_s": r.stages_s.get(stage) for stage in SECAGG_STAGES},
                 "model_hash": r.model_hash,
             }
         )

@@ -88,6 +88,16 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
     assert summary["meter_stats"]["proofs_bad"] == summary["meter_stats"]["proofs_missing"] == 0
     for key in ("mae", "rmse", "nrmse"):
         assert summary["metrics"][key] > 0
+    # Each round's stages took time, and together no more than the round. Round 0
+    # waited for every advertisement; later rounds had them ahead (all 50 meters
+    # answered), so their advertise stage closed as it opened.
+    for row in rows:
+        stages = [
+            float(row[f"secagg_{s}_s"]) for s in ("advertise", "share", "masked_input", "unmask")
+        ]
+        assert all(t >= 0 for t in stages) and sum(stages) <= float(row["wall_s"])
+        assert float(row["secagg_share_s"]) > 0 and float(row["secagg_unmask_s"]) > 0
+    assert float(rows[1]["secagg_advertise_s"]) < float(rows[0]["secagg_advertise_s"])
 
 
 def test_same_seed_gives_the_same_model(tmp_path: Path, mosquitto: BrokerAddress) -> None:
@@ -96,6 +106,7 @@ def test_same_seed_gives_the_same_model(tmp_path: Path, mosquitto: BrokerAddress
     a = run(_cfg(tmp_path / "a", mosquitto, meters=12, rounds=2, secagg=False, verify=False))
     b = run(_cfg(tmp_path / "b", mosquitto, meters=12, rounds=2, secagg=False, verify=False))
     assert a["model_hash"] == b["model_hash"]
+    assert all(row["secagg_share_s"] == "" for row in _rounds_csv(Path(a["out"])))
     c = run(_cfg(tmp_path / "c", mosquitto, meters=12, rounds=2))
     ma, mc = (np.load(Path(x["out"]) / "model.npy") for x in (a, c))
     assert np.abs(ma - mc).max() < 1e-5

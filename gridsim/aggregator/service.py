@@ -144,6 +144,7 @@ class Aggregator:
         # The open stage's requests addressed to single meters (encoded), sent again
         # to a meter that reconnects before answering: the broker keeps no copy.
         self._secagg_direct: dict[int, bytes] = {}
+        self._stage_times: dict[str, float] = {}  # the secure round's, by stage
         self._resends: set[asyncio.Task[bool]] = set()
         if config.secagg is not None:
             if signing_key is None:
@@ -511,7 +512,7 @@ class Aggregator:
             self.dp_released += 1
         if train and self.ledger is not None and outcome.participants:
             await self._record(outcome)
-        await self._publish_result(outcome, wall)
+        await self._publish_result(outcome, wall, self._stage_times if secure else {})
         return outcome
 
     def _ddgauss_plan(self) -> codec.DDGaussPlan | None:
@@ -546,6 +547,7 @@ class Aggregator:
         stats = self.secagg_stats
         result = None
         stage_started = time.perf_counter()
+        self._stage_times = {}
         try:
             out = server.start_round(rnd.round, rnd.selected, time.monotonic())
         except GridsimError as exc:
@@ -557,11 +559,15 @@ class Aggregator:
             if not server.stage_complete and time.monotonic() < server.deadline:
                 await self._wait_changed(server.deadline - time.monotonic())
                 continue
+            stage = server.stage
+            elapsed = time.perf_counter() - stage_started
+            if stage is not None:
+                self._stage_times[stage.name.lower()] = elapsed
             log.debug(
                 "round %d: secagg stage %s closed after %.3f s",
                 rnd.round,
-                server.stage.name if server.stage else None,
-                time.perf_counter() - stage_started,
+                stage.name if stage else None,
+                elapsed,
             )
             stage_started = time.perf_counter()
             plaintext = None
@@ -663,7 +669,9 @@ class Aggregator:
             )
         )
 
-    async def _publish_result(self, outcome: RoundOutcome, wall: float) -> None:
+    async def _publish_result(
+        self, outcome: RoundOutcome, wall: float, stages_s: dict[str, float]
+    ) -> None:
         metrics = outcome.eval.metrics() or {}
         result = codec.RoundResult(
             v=codec.WIRE_VERSION,
@@ -684,6 +692,7 @@ class Aggregator:
             wall_s=wall,
             train_s=outcome.train_s,
             aggregate_s=outcome.aggregate_s,
+            stages_s=stages_s,
         )
         self.results.append(result)
         if self.on_result is not None:

@@ -104,6 +104,17 @@ def _system(
     walls = [float(r["wall_s"]) for r in rows]
     msgs = sum(2 * int(r["participants"]) + 1 for r in rows)
     update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
+    stages = {}
+    if secagg:
+        from gridsim.run import SECAGG_STAGES
+
+        # How long each SecAgg+ stage stayed open (medians): where a secure round's
+        # time goes beyond training.
+        stages = {
+            stage: _median(rows, f"secagg_{stage}_s")
+            for stage in SECAGG_STAGES
+            if all(r[f"secagg_{stage}_s"] for r in rows)
+        }
     return {
         "secagg": secagg,
         "dp": summary["dp"]["mode"],
@@ -112,6 +123,7 @@ def _system(
         "median_train_s": _median(rows, "train_s"),
         "median_transport_s": _median(rows, "transport_s"),
         "median_aggregate_s": _median(rows, "aggregate_s"),
+        "median_stage_s": stages,
         # The plain protocol's count (one announcement, two messages per
         # participant); a secure round's dozen per meter are not counted, so no
         # figure rather than a wrong one.

@@ -157,6 +157,9 @@ class RoundResult(Message, tag="result", frozen=True):
     wall_s: float
     train_s: float
     aggregate_s: float
+    # Seconds each secure-aggregation stage stayed open ("advertise", "share",
+    # "masked_input", "unmask"); empty for a round without secure aggregation.
+    stages_s: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Proof(Message, tag="proof", frozen=True):
