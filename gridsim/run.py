@@ -392,6 +392,8 @@ async def run_federation(
         signing_key=signing_key,
         state_dir=Path(cfg.out) if cfg.out else None,
         plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
+        # Meters elsewhere (--workers) would go uncounted: no figure then.
+        cpu_clock=pool.cpu_s if pool is not None else None,
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
@@ -482,6 +484,7 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
                 "train_s": r.train_s,
                 "aggregate_s": r.aggregate_s,
                 "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
+                "cpu_s": r.cpu_s,
                 **{f"secagg_{stage}_s": r.stages_s.get(stage) for stage in SECAGG_STAGES},
                 "model_hash": r.model_hash,
             }

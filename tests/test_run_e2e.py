@@ -98,6 +98,11 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
         assert all(t >= 0 for t in stages) and sum(stages) <= float(row["wall_s"])
         assert float(row["secagg_share_s"]) > 0 and float(row["secagg_unmask_s"]) > 0
     assert float(rows[1]["secagg_advertise_s"]) < float(rows[0]["secagg_advertise_s"])
+    # The round's CPU (this process and the training children) is counted, and no
+    # more than the cores could have given it.
+    cores = os.cpu_count() or 1
+    for row in rows:
+        assert 0 < float(row["cpu_s"]) <= float(row["wall_s"]) * cores * 1.1
 
 
 def test_same_seed_gives_the_same_model(tmp_path: Path, mosquitto: BrokerAddress) -> None:

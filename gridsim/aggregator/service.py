@@ -108,8 +108,11 @@ class Aggregator:
         signing_key: Ed25519PrivateKey | None = None,
         plaintext: Callable[[int], Mapping[int, MaskArray]] | None = None,
         state_dir: Path | None = None,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
+        self.cpu_clock = cpu_clock
+        """CPU seconds used so far by everything a round runs (None: not measured)."""
         self.topics = Topics(config.session)
         self.model = initial_model
         self.on_result = on_result
@@ -492,6 +495,7 @@ class Aggregator:
             dp=dp.record() if dp is not None else None,
         )
         started = time.perf_counter()
+        cpu_started = None if self.cpu_clock is None else self.cpu_clock()
         self._round, self._announce = rnd, codec.encode(announce)
         # Retained, so a meter that (re)connects mid-round learns of it at once.
         await self.connection.publish(self.topics.round, self._announce, retain=True)
@@ -512,7 +516,12 @@ class Aggregator:
             self.dp_released += 1
         if train and self.ledger is not None and outcome.participants:
             await self._record(outcome)
-        await self._publish_result(outcome, wall, self._stage_times if secure else {})
+        cpu = (
+            None
+            if cpu_started is None or self.cpu_clock is None
+            else self.cpu_clock() - cpu_started
+        )
+        await self._publish_result(outcome, wall, self._stage_times if secure else {}, cpu)
         return outcome
 
     def _ddgauss_plan(self) -> codec.DDGaussPlan | None:
@@ -670,7 +679,11 @@ class Aggregator:
         )
 
     async def _publish_result(
-        self, outcome: RoundOutcome, wall: float, stages_s: dict[str, float]
+        self,
+        outcome: RoundOutcome,
+        wall: float,
+        stages_s: dict[str, float],
+        cpu_s: float | None = None,
     ) -> None:
         metrics = outcome.eval.metrics() or {}
         result = codec.RoundResult(
@@ -693,6 +706,7 @@ class Aggregator:
             train_s=outcome.train_s,
             aggregate_s=outcome.aggregate_s,
             stages_s=stages_s,
+            cpu_s=cpu_s,
         )
         self.results.append(result)
         if self.on_result is not None:

@@ -123,6 +123,9 @@ def _system(
         "median_train_s": _median(rows, "train_s"),
         "median_transport_s": _median(rows, "transport_s"),
         "median_aggregate_s": _median(rows, "aggregate_s"),
+        # CPU seconds of the round (this process and the training children; the
+        # broker's are not counted): steadier than wall time on a noisy machine.
+        "median_cpu_s": _median(rows, "cpu_s") if all(r["cpu_s"] for r in rows) else None,
         "median_stage_s": stages,
         # The plain protocol's count (one announcement, two messages per
         # participant); a secure round's dozen per meter are not counted, so no
@@ -155,6 +158,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gridsim": plain,
         "gridsim_secagg": secure,
         "secagg_round_overhead": secure["median_round_s"] / plain["median_round_s"],
+        "secagg_round_cpu_overhead": (
+            secure["median_cpu_s"] / plain["median_cpu_s"]
+            if secure["median_cpu_s"] and plain["median_cpu_s"]
+            else None
+        ),
         "local_training": _local_training(cfg, args.loop_sample),
     }
     if private is not None:

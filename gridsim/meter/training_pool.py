@@ -145,6 +145,8 @@ class TrainingPool:
         self._executors: list[ProcessPoolExecutor] | None = None
         self.child_peak_rss_kb: dict[int, int] = {}
         """Peak resident memory (KiB) each training child reported, by pid."""
+        self.child_cpu_s: dict[int, float] = {}
+        """CPU seconds each training child (also one since replaced) reported last, by pid."""
         self._batches: dict[tuple[int, bool], _Batch] = {}
         self._compute = asyncio.Lock()
         self._frozen = False
@@ -179,9 +181,18 @@ class TrainingPool:
         """
         if self.child_threads is not None:
             for done in [ex.submit(_child_warm_up) for ex in self._children()]:
-                done.result()
+                pid, cpu_s = done.result()
+                self.child_cpu_s[pid] = cpu_s
         else:
             self._here.warm_up()
+
+    def cpu_s(self) -> float:
+        """CPU seconds this process and its training children have used so far.
+
+        The children's share is as of their last batch (they report it with its
+        answers), so a round's difference counts the batch it ran.
+        """
+        return time.process_time() + sum(self.child_cpu_s.values())
 
     def close(self) -> None:
         """Stop the child processes, if there are any."""
@@ -242,8 +253,9 @@ class TrainingPool:
                 self.close()
                 raise
             answers: list[MeterAnswer | None] = [None] * len(rows)
-            for (_, part), (got, (pid, peak_kb)) in zip(parts, done, strict=True):
+            for (_, part), (got, (pid, peak_kb, cpu_s)) in zip(parts, done, strict=True):
                 self.child_peak_rss_kb[pid] = peak_kb
+                self.child_cpu_s[pid] = cpu_s
                 for i, answer in zip(part.tolist(), got, strict=True):
                     answers[i] = answer
             assert all(a is not None for a in answers)
@@ -381,15 +393,19 @@ def _child_init(data: MeterWindows, seed: int, threads: int, nice: int) -> None:
     _CHILD = _Compute(data, seed)
 
 
-def _child_warm_up() -> None:
+def _child_warm_up() -> tuple[int, float]:
+    """Warm torch up; (this child's pid, the CPU seconds it has used)."""
     assert _CHILD is not None
     _CHILD.warm_up()
+    return os.getpid(), time.process_time()
 
 
 def _child_run(
     batch: _Job, rows: npt.NDArray[np.int64]
-) -> tuple[list[MeterAnswer], tuple[int, int]]:
-    """The batch's answers, and (this child's pid, its peak resident memory in KiB)."""
+) -> tuple[list[MeterAnswer], tuple[int, int, float]]:
+    """The batch's answers, and (this child's pid, its peak resident memory in KiB,
+    the CPU seconds it has used)."""
     assert _CHILD is not None
     answers = _CHILD.run(batch, rows)
-    return answers, (os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return answers, (os.getpid(), usage.ru_maxrss, time.process_time())

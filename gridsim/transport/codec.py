@@ -160,6 +160,9 @@ class RoundResult(Message, tag="result", frozen=True):
     # Seconds each secure-aggregation stage stayed open ("advertise", "share",
     # "masked_input", "unmask"); empty for a round without secure aggregation.
     stages_s: dict[str, float] = msgspec.field(default_factory=dict)
+    # CPU seconds the aggregator's process and the meters' training used during the
+    # round, when the meters run in the aggregator's process (None otherwise).
+    cpu_s: float | None = None
 
 
 class Proof(Message, tag="proof", frozen=True):
