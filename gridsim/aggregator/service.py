@@ -148,7 +148,7 @@ class Aggregator:
         # to a meter that reconnects before answering: the broker keeps no copy.
         self._secagg_direct: dict[int, bytes] = {}
         self._stage_times: dict[str, float] = {}  # the secure round's, by stage
-        self._resends: set[asyncio.Task[bool]] = set()
+        self._sending: set[asyncio.Task[bool]] = set()  # publishes under way
         if config.secagg is not None:
             if signing_key is None:
                 raise RoundError("secure aggregation needs the aggregator's signing key")
@@ -386,11 +386,7 @@ class Aggregator:
         for meter in meters:
             payload = self._secagg_direct.get(meter)
             if payload is not None and meter in waiting:
-                task = asyncio.get_running_loop().create_task(
-                    self.connection.publish(self.topics.secagg_to(meter), payload, wait=0)
-                )
-                self._resends.add(task)
-                task.add_done_callback(self._resends.discard)
+                self._send(self.topics.secagg_to(meter), payload)
 
     # -- driver -----------------------------------------------------------------
 
@@ -535,19 +531,31 @@ class Aggregator:
             return None
         return gaussian_noise(dp.sigma, rnd.dim)
 
-    async def _publish_secagg(self, out: Outbox) -> None:
-        sends = []
+    def _publish_secagg(self, out: Outbox) -> None:
+        """Publish a stage's requests without waiting for the broker's acknowledgements.
+
+        A stage that is complete as it opens (every meter advertised ahead) moves on
+        at once instead of after the acknowledgement, which waits behind the
+        meters' handling of the round announcement (0.15 s for 500 meters). The
+        tasks start in order, so the broker gets (and each meter receives) the
+        requests in the order they were made.
+        """
         if out.broadcast is not None:
             # Retained (and repeated after a reconnect), so a meter that reconnects
             # mid-stage, e.g. after a broker restart, still gets the stage's request.
             self._secagg_broadcast = sa.encode(out.broadcast)
-            sends.append(
-                self.connection.publish(self.topics.secagg, self._secagg_broadcast, retain=True)
-            )
+            self._send(self.topics.secagg, self._secagg_broadcast, retain=True)
         self._secagg_direct = {meter: sa.encode(msg) for meter, msg in out.direct.items()}
         for meter, payload in self._secagg_direct.items():
-            sends.append(self.connection.publish(self.topics.secagg_to(meter), payload))
-        await asyncio.gather(*sends)
+            self._send(self.topics.secagg_to(meter), payload)
+
+    def _send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish in a task of its own (kept until it ends)."""
+        task = asyncio.get_running_loop().create_task(
+            self.connection.publish(topic, payload, retain=retain)
+        )
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _secure_round(self, rnd: FedAvgRound) -> RoundOutcome:
         """Drive the SecAgg+ stages of a round, then close it with the unmasked sum."""
@@ -562,7 +570,7 @@ class Aggregator:
         except GridsimError as exc:
             out = Outbox(abandoned=f"cannot start: {exc}")
         if out.abandoned is None:
-            await self._publish_secagg(out)
+            self._publish_secagg(out)
         while out.abandoned is None:
             assert server.deadline is not None
             if not server.stage_complete and time.monotonic() < server.deadline:
@@ -591,7 +599,7 @@ class Aggregator:
                     stats.verified_rounds += 1
                     stats.verify_failures += int(not result.verified)
                 break
-            await self._publish_secagg(out)
+            self._publish_secagg(out)
         self._secagg_broadcast, self._secagg_direct = b"", {}
         await self.connection.publish(self.topics.secagg, b"", retain=True)
         if result is None:
