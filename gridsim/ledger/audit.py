@@ -762,13 +762,16 @@ def verify_own_contribution(
     ledger_key: NoteVerifier,
     session: str | None = None,
     meter_key: Ed25519PublicKey | None = None,
+    own_signature: bytes | None = None,
 ) -> OwnCheck:
     """What a meter checks after a round: is my masked input in the signed log?
 
     The meter knows its id, the round, the SHA-256 of the masked payload it sent
     and the ledger's verifier key; it is given ``proof`` (the JSON of
     :func:`inclusion_proof_for`) and ``head`` (the signed head). A missing proof or
-    head is reported as such. Never raises for bad input.
+    head is reported as such. Never raises for bad input. With ``meter_key`` the
+    entry's signature is verified under it; a meter that kept the signature it made
+    (``own_signature``; Ed25519 signatures are deterministic) compares it instead.
     """
     if proof is None:
         return OwnCheck(False, f"no inclusion proof for meter {meter} round {round}")
@@ -798,6 +801,8 @@ def verify_own_contribution(
         )
     if entry.payload_sha256 != payload_sha256:
         return OwnCheck(False, "the ledger commits to a different payload than the one we sent")
+    if own_signature is not None and entry.signature != own_signature:
+        return OwnCheck(False, "the ledger entry does not carry our signature")
     if meter_key is not None:
         try:
             entry.verify(meter_key)

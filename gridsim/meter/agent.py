@@ -71,7 +71,9 @@ class MeterAgent:
         self._key = meter_signing_key(seed, meter)
         self._public_key = raw_public_key(self._key)
         self._ledger_key: NoteVerifier | None = None
-        self._awaiting_proof: tuple[str, int, bytes] | None = None  # run, round, payload hash
+        # run, round, payload hash, this meter's signature of its contribution
+        self._awaiting_proof: tuple[str, int, bytes, bytes | None] | None = None
+        self._signed: tuple[int, bytes, bytes] = (-1, b"", b"")  # round, digest, signature
         self.peer_keys = peer_keys if peer_keys is not None else shared_peer_keys(seed)
         self._secagg: SecAggClient | None = None
         self._secagg_key = b""
@@ -153,7 +155,9 @@ class MeterAgent:
             head=msg.head,
             ledger_key=self._ledger_key,
             session=self.session,
-            meter_key=self._key.public_key(),
+            # Its own signature, kept from signing: compared, not verified again.
+            own_signature=waiting[3],
+            meter_key=None if waiting[3] is not None else self._key.public_key(),
         )
         if check.ok:
             self.proofs_ok += 1
@@ -302,6 +306,7 @@ class MeterAgent:
         signature = signatures.sign(
             self._key, MeterContribution.message(self.session, round_, self.meter, digest)
         )
+        self._signed = (round_, digest, signature)
         update = codec.Update(
             v=codec.WIRE_VERSION,
             session=self.session,
@@ -328,7 +333,9 @@ class MeterAgent:
 
     def _answered(self, round_: int, answer: MeterAnswer, digest: bytes) -> None:
         if answer.delta is not None and self._ledger_key is not None:
-            self._awaiting_proof = (self._run, round_, digest)
+            signed_round, signed_digest, signature = self._signed
+            own = signature if (signed_round, signed_digest) == (round_, digest) else None
+            self._awaiting_proof = (self._run, round_, digest, own)
         self.rounds_answered += 1
 
     async def _send_update(

@@ -11,7 +11,9 @@ import pytest
 
 from gridsim.exceptions import IntegrityError
 from gridsim.ledger import (
+    MeterContribution,
     NoteSigner,
+    decode_entry,
     inclusion_proof_for,
     leaf_hash,
     verify_inclusion,
@@ -106,6 +108,13 @@ def test_the_meter_notices_a_wrong_payload_or_a_foreign_signature(small_ledger: 
     )
     check = own_check(doc, meter=1, round_no=2, meter_key=meter_key(5).public_key())
     assert (check.ok, check.reason) == (False, "the ledger entry does not carry our signature")
+    # A meter that kept the signature it made compares it instead of verifying.
+    entry = decode_entry(bytes.fromhex(doc["entry"]))
+    assert isinstance(entry, MeterContribution)
+    mine = own_check(doc, meter=1, round_no=2, meter_key=None, own_signature=entry.signature)
+    assert mine.ok, mine.reason
+    other = own_check(doc, meter=1, round_no=2, meter_key=None, own_signature=bytes(64))
+    assert (other.ok, other.reason) == (False, "the ledger entry does not carry our signature")
 
 
 def test_a_head_not_signed_by_the_ledger_key_is_refused(small_ledger: Path) -> None:
