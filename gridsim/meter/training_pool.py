@@ -25,18 +25,25 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import gc
 import itertools
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import resource
+import shutil
 import signal
 import sys
+import tempfile
 import time
+import weakref
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any, Final, cast
 
 import numpy as np
@@ -143,6 +150,7 @@ class TrainingPool:
         self.quantized: dict[int, dict[int, Any]] | None = None
         self._here = _Compute(data, seed)
         self._executors: list[ProcessPoolExecutor] | None = None
+        self._data_dir: Path | None = None
         self.child_peak_rss_kb: dict[int, int] = {}
         """Peak resident memory (KiB) each training child reported, by pid."""
         self.child_cpu_s: dict[int, float] = {}
@@ -161,18 +169,32 @@ class TrainingPool:
                     1,
                     mp_context=ctx,
                     initializer=_child_init,
-                    # The data travels pickled (0.2 s for 500 meters): generating it
-                    # again there took 1 s.
-                    initargs=(
-                        self.data.select(np.arange(lo, hi, dtype=np.int64)),
-                        self.seed,
-                        self.child_threads,
-                        self.child_nice,
-                    ),
+                    initargs=(str(path), self.seed, self.child_threads, self.child_nice),
                 )
-                for lo, hi in itertools.pairwise(self._bounds.tolist())
+                for path in self._data_files()
             ]
         return self._executors
+
+    def _data_files(self) -> list[Path]:
+        """Each child's meters' data, pickled once into a file of its own.
+
+        The data travels pickled (0.2 s for 500 meters; generating it again in the
+        child took 1 s), but not in the initializer's arguments: those go through a
+        pipe that multiprocessing fills while the child is still importing torch,
+        and a child that died then (Ctrl-C reaches the whole process group) left
+        that write, and with it the run, blocked for ever.
+        """
+        if self._data_dir is None:
+            self._data_dir = Path(tempfile.mkdtemp(prefix="gridsim-pool-"))
+            weakref.finalize(self, shutil.rmtree, self._data_dir, True)
+        paths = []
+        for i, (lo, hi) in enumerate(itertools.pairwise(self._bounds.tolist())):
+            path = self._data_dir / f"meters-{i}.pickle"
+            if not path.exists():
+                part = self.data.select(np.arange(lo, hi, dtype=np.int64))
+                path.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+            paths.append(path)
+        return paths
 
     def warm_up(self) -> None:
         """Pay torch's first-call costs (seconds) now, before the meters register.
@@ -180,7 +202,9 @@ class TrainingPool:
         With child processes this also starts them and hands them their data.
         """
         if self.child_threads is not None:
-            for done in [ex.submit(_child_warm_up) for ex in self._children()]:
+            with _sigint_blocked():  # the children start here
+                started = [ex.submit(_child_warm_up) for ex in self._children()]
+            for done in started:
                 pid, cpu_s = done.result()
                 self.child_cpu_s[pid] = cpu_s
         else:
@@ -240,14 +264,12 @@ class TrainingPool:
             parts = [(i, np.flatnonzero(owner == i)) for i in range(len(children))]
             parts = [(i, part) for i, part in parts if len(part)]
             try:
-                done = await asyncio.gather(
-                    *(
-                        asyncio.wrap_future(
-                            children[i].submit(_child_run, job, rows[part] - self._bounds[i])
-                        )
+                with _sigint_blocked():  # a child restarted after a crash starts here
+                    submitted = [
+                        children[i].submit(_child_run, job, rows[part] - self._bounds[i])
                         for i, part in parts
-                    )
-                )
+                    ]
+                done = await asyncio.gather(*(asyncio.wrap_future(f) for f in submitted))
             except BrokenProcessPool:
                 # A child died (killed, out of memory): the next batch starts anew.
                 self.close()
@@ -279,7 +301,8 @@ class TrainingPool:
         while len(batch.waiting) < batch.expected:
             batch.arrived.clear()
             try:
-                await asyncio.wait_for(batch.arrived.wait(), self.linger_s)
+                async with asyncio.timeout(self.linger_s):  # cancellable, unlike wait_for
+                    await batch.arrived.wait()
             except TimeoutError:
                 break
         del self._batches[key]
@@ -380,16 +403,38 @@ _CHILD: _Compute | None = None
 """The child process's compute (set by :func:`_child_init`)."""
 
 
-def _child_init(data: MeterWindows, seed: int, threads: int, nice: int) -> None:
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread while it starts training children.
+
+    Ctrl-C reaches the whole process group. A child started here inherits the
+    blocked signal, so one that is still starting (importing torch) does not die
+    half-way, which left the parent blocked in multiprocessing's hand-over and
+    Ctrl-C during start-up hanging the run; the child ignores SIGINT before it
+    unblocks it (:func:`_child_init`). The parent still gets Ctrl-C: Python runs
+    signal handlers in the main thread, and the block is lifted on leaving.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _child_init(data_path: str, seed: int, threads: int, nice: int) -> None:
     global _CHILD
     # Ctrl-C reaches the whole process group; the parent handles it and closes
     # the pool, so the child finishes its batch quietly instead of printing a
-    # traceback of its own.
+    # traceback of its own. SIGINT arrives blocked (see _sigint_blocked): ignored
+    # first, then unblocked, so a Ctrl-C pending since start-up is dropped.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if nice > 0:
         os.nice(nice)
     if threads > 0:
         torch.set_num_threads(threads)
+    with open(data_path, "rb") as f:
+        data: MeterWindows = pickle.load(f)  # written by this process's parent
     _CHILD = _Compute(data, seed)
 
 

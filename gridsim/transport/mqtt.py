@@ -176,7 +176,8 @@ class Connection:
         """
         if not self.connected.is_set():
             try:
-                await asyncio.wait_for(self.connected.wait(), wait)
+                async with asyncio.timeout(wait):  # not wait_for: see Aggregator._wait_changed
+                    await self.connected.wait()
             except TimeoutError:
                 return False
         client = self._client
