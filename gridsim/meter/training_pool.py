@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import dataclasses
 import gc
 import itertools
@@ -40,7 +39,6 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -202,8 +200,7 @@ class TrainingPool:
         With child processes this also starts them and hands them their data.
         """
         if self.child_threads is not None:
-            with _sigint_blocked():  # the children start here
-                started = [ex.submit(_child_warm_up) for ex in self._children()]
+            started = [ex.submit(_child_warm_up) for ex in self._children()]
             for done in started:
                 pid, cpu_s = done.result()
                 self.child_cpu_s[pid] = cpu_s
@@ -264,11 +261,10 @@ class TrainingPool:
             parts = [(i, np.flatnonzero(owner == i)) for i in range(len(children))]
             parts = [(i, part) for i, part in parts if len(part)]
             try:
-                with _sigint_blocked():  # a child restarted after a crash starts here
-                    submitted = [
-                        children[i].submit(_child_run, job, rows[part] - self._bounds[i])
-                        for i, part in parts
-                    ]
+                submitted = [
+                    children[i].submit(_child_run, job, rows[part] - self._bounds[i])
+                    for i, part in parts
+                ]
                 done = await asyncio.gather(*(asyncio.wrap_future(f) for f in submitted))
             except BrokenProcessPool:
                 # A child died (killed, out of memory): the next batch starts anew.
@@ -403,32 +399,12 @@ _CHILD: _Compute | None = None
 """The child process's compute (set by :func:`_child_init`)."""
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """Block SIGINT in this thread while it starts training children.
-
-    Ctrl-C reaches the whole process group. A child started here inherits the
-    blocked signal, so one that is still starting (importing torch) does not die
-    half-way, which left the parent blocked in multiprocessing's hand-over and
-    Ctrl-C during start-up hanging the run; the child ignores SIGINT before it
-    unblocks it (:func:`_child_init`). The parent still gets Ctrl-C: Python runs
-    signal handlers in the main thread, and the block is lifted on leaving.
-    """
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def _child_init(data_path: str, seed: int, threads: int, nice: int) -> None:
     global _CHILD
     # Ctrl-C reaches the whole process group; the parent handles it and closes
     # the pool, so the child finishes its batch quietly instead of printing a
-    # traceback of its own. SIGINT arrives blocked (see _sigint_blocked): ignored
-    # first, then unblocked, so a Ctrl-C pending since start-up is dropped.
+    # traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if nice > 0:
         os.nice(nice)
     if threads > 0:
