@@ -130,7 +130,7 @@ class _Chaos(threading.Thread):
         self.sent = 0
         rng = random.Random(7)
         update = codec.Update(
-            v=1,
+            v=codec.WIRE_VERSION,
             session=session,
             run="ab",
             round=0,
@@ -144,13 +144,13 @@ class _Chaos(threading.Thread):
             signature=b"\x01" * 64,
         )
         foreign = msgspec.structs.replace(update, session="other-session")
-        stop_foreign = codec.Stop(v=1, session="other-session", reason="x")
+        stop_foreign = codec.Stop(v=codec.WIRE_VERSION, session="other-session", reason="x")
         self.payloads = [
             b"\x00",
             b"\xc1garbage",
             bytes(rng.getrandbits(8) for _ in range(300)),
-            msgspec.msgpack.encode({"type": "announce", "v": 1}),
-            msgspec.msgpack.encode({**msgspec.to_builtins(update), "type": "update", "v": 2}),
+            msgspec.msgpack.encode({"type": "announce", "v": codec.WIRE_VERSION}),
+            msgspec.msgpack.encode({**msgspec.to_builtins(update), "type": "update", "v": 99}),
             codec.encode(update),  # well-formed, wrong model size; on others' topics: forged
             codec.encode(foreign),
             codec.encode(stop_foreign),

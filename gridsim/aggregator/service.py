@@ -148,6 +148,7 @@ class Aggregator:
         # to a meter that reconnects before answering: the broker keeps no copy.
         self._secagg_direct: dict[int, bytes] = {}
         self._stage_times: dict[str, float] = {}  # the secure round's, by stage
+        self._stage_started = 0.0  # when the open SecAgg+ stage began (perf_counter)
         self._sending: set[asyncio.Task[bool]] = set()  # publishes under way
         if config.secagg is not None:
             if signing_key is None:
@@ -469,6 +470,10 @@ class Aggregator:
             secure=secure,
             uniform=dp is not None,
         )
+        opening: Outbox | None = None
+        if secure:
+            # The round's first SecAgg+ request rides in the announcement.
+            opening = self._open_secure_round(rnd)
         announce = codec.RoundAnnounce(
             v=codec.WIRE_VERSION,
             session=cfg.session,
@@ -489,15 +494,24 @@ class Aggregator:
             secagg_key=self._secagg_key if secure else b"",
             ddgauss=self._ddgauss_plan() if secure else None,
             dp=dp.record() if dp is not None else None,
+            secagg_open=(
+                sa.encode(opening.broadcast)
+                if opening is not None and opening.broadcast is not None
+                else b""
+            ),
         )
         started = time.perf_counter()
         cpu_started = None if self.cpu_clock is None else self.cpu_clock()
         self._round, self._announce = rnd, codec.encode(announce)
-        # Retained, so a meter that (re)connects mid-round learns of it at once.
-        await self.connection.publish(self.topics.round, self._announce, retain=True)
+        # Retained, so a meter that (re)connects mid-round learns of it at once. Not
+        # awaited: the broker's acknowledgement queues behind this process's meters'
+        # handling of the announcement, and a secure round whose meters all
+        # advertised ahead can send its sharing requests at once (they follow the
+        # announcement in order).
+        self._send(self.topics.round, self._announce, retain=True)
         deadline = time.monotonic() + cfg.round_timeout_s
-        if secure:
-            outcome = await self._secure_round(rnd)
+        if opening is not None:
+            outcome = await self._secure_round(rnd, opening)
         else:
             while time.monotonic() < deadline:
                 if not (rnd.pending() - self.offline):
@@ -557,20 +571,28 @@ class Aggregator:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _secure_round(self, rnd: FedAvgRound) -> RoundOutcome:
-        """Drive the SecAgg+ stages of a round, then close it with the unmasked sum."""
+    def _open_secure_round(self, rnd: FedAvgRound) -> Outbox:
+        """Open the SecAgg+ round: its advertisement request, or why it cannot start."""
+        server = self.secagg
+        assert server is not None
+        self._stage_started = time.perf_counter()
+        try:
+            return server.start_round(rnd.round, rnd.selected, time.monotonic())
+        except GridsimError as exc:
+            return Outbox(abandoned=f"cannot start: {exc}")
+
+    async def _secure_round(self, rnd: FedAvgRound, out: Outbox) -> RoundOutcome:
+        """Drive the SecAgg+ stages of a round, then close it with the unmasked sum.
+
+        ``out`` is what opening the round produced (:meth:`_open_secure_round`): its
+        request went out in the round announcement.
+        """
         server = self.secagg
         assert server is not None
         stats = self.secagg_stats
         result = None
-        stage_started = time.perf_counter()
+        stage_started = self._stage_started
         self._stage_times = {}
-        try:
-            out = server.start_round(rnd.round, rnd.selected, time.monotonic())
-        except GridsimError as exc:
-            out = Outbox(abandoned=f"cannot start: {exc}")
-        if out.abandoned is None:
-            self._publish_secagg(out)
         while out.abandoned is None:
             assert server.deadline is not None
             if not server.stage_complete and time.monotonic() < server.deadline:

@@ -218,8 +218,11 @@ class MeterAgent:
                     _REFUSALS_LOGGED.add(msg.round)
                     log.warning("meters stay out of round %d: %s", msg.round, reason)
                 return
-        if msg.train and msg.secagg_key and not self._start_secagg(msg):
-            return
+        if msg.train and msg.secagg_key:
+            if not self._start_secagg(msg):
+                return
+            if msg.secagg_open and not self._open_secagg(msg.secagg_open):
+                return  # cannot take part in this secure round (logged)
         self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -249,6 +252,30 @@ class MeterAgent:
             return False
         self._trained = asyncio.get_running_loop().create_future()
         self._trained_round = msg.round
+        return True
+
+    def _open_secagg(self, payload: bytes) -> bool:
+        """Take up the SecAgg+ request that came with the round announcement.
+
+        Handled here, before the next message is read, because the aggregator's
+        next request (sharing) follows at once when this meter advertised ahead.
+        False, with the reason logged, when the request is refused.
+        """
+        client = self._secagg
+        assert client is not None
+        topic = self.topics.round
+        try:
+            msg = sa.decode(payload)
+            if not isinstance(msg, sa.AdvertiseRequest):
+                raise ProtocolError(f"the announcement carries a {type(msg).__name__}")
+            advert = client.advertise(msg)
+        except GridsimError as exc:
+            self._drop(topic, f"secure aggregation: {exc}")
+            return False
+        if advert is not None:
+            self._spawn(
+                self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(advert))
+            )
         return True
 
     async def _answer_round(self, msg: codec.RoundAnnounce) -> None:
@@ -360,14 +387,9 @@ class MeterAgent:
         if silent is not None and stage >= silent:
             return
         try:
-            if isinstance(msg, sa.AdvertiseRequest):
-                if self.meter not in msg.params.meters:
-                    return
-                advert = client.advertise(msg)
-                if advert is None:
-                    return  # advertised ahead: the aggregator has it
-                reply: sa.MeterMessage = advert
-            elif isinstance(msg, sa.ShareRequest):
+            # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
+            reply: sa.MeterMessage
+            if isinstance(msg, sa.ShareRequest):
                 reply = await asyncio.to_thread(client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):
                 if msg.recipient != self.meter or msg.round != self._trained_round:

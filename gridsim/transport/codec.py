@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from gridsim.exceptions import MessageError
 
-WIRE_VERSION: Final = 1
+WIRE_VERSION: Final = 2
 # The largest message we accept: a model of a few million float32 parameters.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
@@ -103,6 +103,11 @@ class RoundAnnounce(Message, tag="announce", frozen=True):
     # The round's DP parameters as its ledger record will carry them (None: DP off),
     # so a meter can account the session's spend itself before it takes part.
     dp: dict[str, str | int | float] | None = None
+    # A secure round's first SecAgg+ request (the encoded, signed AdvertiseRequest),
+    # carried here so that opening the round costs no second message to every meter;
+    # empty when the round is not securely aggregated. The meter checks it as it
+    # would the request on its own (gridsim.secagg.client.SecAggClient.advertise).
+    secagg_open: Annotated[bytes, msgspec.Meta(max_length=MAX_MESSAGE_BYTES)] = b""
 
 
 class EvalReport(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):

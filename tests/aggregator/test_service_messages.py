@@ -17,7 +17,9 @@ DIM = 6
 
 def _hello(meter: int, key_seed: int) -> bytes:
     key = raw_public_key(meter_signing_key(key_seed, meter))
-    return codec.encode(codec.Hello(v=1, session="s", meter=meter, n_train=10, public_key=key))
+    return codec.encode(
+        codec.Hello(v=codec.WIRE_VERSION, session="s", meter=meter, n_train=10, public_key=key)
+    )
 
 
 def _update(agg: Aggregator, meter: int, key_seed: int, delta: np.ndarray) -> bytes:
@@ -27,7 +29,7 @@ def _update(agg: Aggregator, meter: int, key_seed: int, delta: np.ndarray) -> by
     sig = key.sign(MeterContribution.message("s", 0, meter, digest))
     return codec.encode(
         codec.Update(
-            v=1,
+            v=codec.WIRE_VERSION,
             session="s",
             run=agg.run_id,
             round=0,
@@ -117,7 +119,7 @@ def _report(agg: Aggregator, meter: int, key_seed: int, digest: bytes, *, round_
     sig = key.sign(MeterContribution.message("s", round_, meter, digest))
     return codec.encode(
         codec.Update(
-            v=1,
+            v=codec.WIRE_VERSION,
             session="s",
             run=agg.run_id,
             round=round_,

@@ -1,0 +1,100 @@
+"""A secure round's first SecAgg+ request comes inside the round announcement.
+
+The meter takes it up while it handles the announcement (before it reads the next
+message, which may already be the sharing request) and answers with its signed
+keys; a request it cannot accept keeps it out of the round with the reason
+logged. Outgoing messages are captured at :meth:`MeterAgent._send`; the request
+is a real one, made and signed by :class:`SecAggServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gridsim.config import RunConfig
+from gridsim.learning.model import initial_parameters
+from gridsim.meter.agent import MeterAgent
+from gridsim.meter.training_pool import TrainingPool
+from gridsim.run import meter_windows
+from gridsim.secagg import messages as sa
+from gridsim.secagg.server import SecAggConfig, SecAggServer
+from gridsim.transport import codec
+from gridsim.transport.broker import BrokerAddress
+
+CFG = RunConfig(meters=4, days=10, test_days=3, seed=4)
+METERS = [0, 1, 2, 3]
+ME = 3
+
+
+def _opening(server_key: Ed25519PrivateKey, agent: MeterAgent) -> bytes:
+    server = SecAggServer(server_key, "s", SecAggConfig(d=8, neighbors="all"))
+    for m in METERS:
+        server.enroll(m, agent.peer_keys[m] if m != ME else agent._key.public_key())
+    out = server.start_round(5, METERS, 0.0)
+    assert out.broadcast is not None
+    return sa.encode(out.broadcast)
+
+
+def _announce(server_key: Ed25519PrivateKey, opening: bytes) -> codec.RoundAnnounce:
+    return codec.RoundAnnounce(
+        v=codec.WIRE_VERSION,
+        session="s",
+        run="ab",
+        round=5,
+        train=True,
+        selected=METERS,
+        deadline_s=30.0,
+        plan=codec.TrainPlan(1, 32, 0.003),
+        model=codec.vector_to_bytes(initial_parameters(CFG.seed)),
+        ledger_key="",
+        secagg_key=server_key.public_key().public_bytes_raw(),
+        secagg_open=opening,
+    )
+
+
+@pytest.mark.parametrize("forged", [False, True])
+def test_the_announcement_opens_the_secure_round(forged: bool) -> None:
+    Sent = list[tuple[str | None, bytes]]
+
+    async def scenario() -> tuple[Sent, MeterAgent, sa.Stage | None, bool]:
+        pool = TrainingPool(meter_windows([ME], CFG), seed=CFG.seed)
+        agent = MeterAgent(
+            ME, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
+        )
+        sent: Sent = []
+
+        async def capture(payload: bytes, topic: str | None = None) -> None:
+            sent.append((topic, payload))
+
+        agent._send = capture  # type: ignore[method-assign]
+        server_key = Ed25519PrivateKey.generate()
+        # Forged: signed by a key other than the one the announcement names.
+        opening = _opening(Ed25519PrivateKey.generate() if forged else server_key, agent)
+        try:
+            agent._on_announce(_announce(server_key, opening))
+            # Taken up at once: the client now waits for the sharing request.
+            assert agent._secagg is not None
+            expecting = agent._secagg.expecting
+            started = agent._task is not None
+            await asyncio.sleep(0.05)
+        finally:
+            await agent.stop()
+        return sent, agent, expecting, started
+
+    sent, agent, expecting, started = asyncio.run(scenario())
+    if forged:
+        assert sent == []
+        assert expecting is None and not started  # stays out: no training either
+        assert agent.rejected_messages == 1
+        return
+    assert expecting is sa.Stage.SHARE and started
+    assert len(sent) == 1
+    topic, payload = sent[0]
+    assert topic == agent.topics.secagg_up(ME)
+    advert = sa.decode(payload)
+    assert isinstance(advert, sa.AdvertiseKeys)
+    assert (advert.meter, advert.round) == (ME, 5)
+    sa.verify_signature(advert, agent._key.public_key())
