@@ -205,6 +205,7 @@ class SecAggClient:
         self._prepared: tuple[bytes, dict[int, tuple[bytes, bytes]], masking.MaskArray] | None = (
             None
         )
+        self._verified_request: ServerMessage | None = None  # the last request verified
         self.quantized: masking.MaskArray | None = None
         """This round's quantised input (for ``--verify`` in simulation)."""
         self.saturated = 0
@@ -262,7 +263,12 @@ class SecAggClient:
             raise ProtocolError(
                 f"replayed round: round {msg.round} not after round {self._last_round}"
             )
-        verify_signature(msg, self._server_key)
+        # The masked-input request is checked when the meter prepares its masks and
+        # again when it sends its input: the second time it equals (every field, the
+        # signature included) the request already verified.
+        if msg != self._verified_request:
+            verify_signature(msg, self._server_key)
+            self._verified_request = msg
 
     # ---- stage 0: advertise keys ------------------------------------------------------
 
@@ -462,6 +468,8 @@ class SecAggClient:
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
         held: dict[int, tuple[bytes, bytes]] = {}
+        # Every share this meter holds has the round's threshold and its own x.
+        header = masking.share_header(p.threshold, self.meter + 1)
         for es in request.shares:
             v = es.sender
             if es.recipient != self.meter or v not in self._inbound_keys or v in held:
@@ -475,13 +483,12 @@ class SecAggClient:
             except (InvalidTag, ValueError):
                 raise ProtocolError(f"share from meter {v} fails authentication") from None
             s_share, k_share = plain[: masking.SHARE_LEN], plain[masking.SHARE_LEN :]
-            for sh in (s_share, k_share):
-                if (
-                    len(sh) != masking.SHARE_LEN
-                    or masking.share_x(sh) != self.meter + 1
-                    or masking.share_threshold(sh) != p.threshold
-                ):
-                    raise ProtocolError(f"share from meter {v} is not for this meter and round")
+            if (
+                len(plain) != 2 * masking.SHARE_LEN
+                or s_share[1:9] != header
+                or k_share[1:9] != header
+            ):
+                raise ProtocolError(f"share from meter {v} is not for this meter and round")
             held[v] = (s_share, k_share)
         if len(held) < p.threshold:
             raise ProtocolError(

@@ -276,35 +276,43 @@ def sign(msg: M, key: Ed25519PrivateKey) -> M:
 
 
 VERIFIED_MEMO_SIZE: Final = 16384
-"""How many verified (key, message, signature) triples a process remembers."""
+"""How many verified messages a process remembers (see :func:`verify_signature`)."""
 
-_verified: dict[bytes, None] = {}
+_MEMO_TYPES: Final = (AdvertiseKeys, AdvertiseRequest, UnmaskRequest)
+"""The messages a process checks more than once: a meter's advertisement (by each of
+its neighbours, and the server) and the broadcast requests (by every meter)."""
+
+_verified: dict[tuple[bytes, bytes], SecAggMessage] = {}
 _verified_lock = threading.Lock()
 
 
 def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     """Raise :class:`ProtocolError` unless ``msg.sig`` is ``key``'s signature of it.
 
-    Verification is a pure function of the key, the signed bytes and the signature,
-    so a process remembers the triples that verified (by SHA-256, the last
-    :data:`VERIFIED_MEMO_SIZE`): when the meters of one process check the same
-    neighbour's advertisement or the same broadcast request, only the first pays for
-    the Ed25519 verification. Failures are never remembered.
+    Verification is a pure function of the key, the message and the signature, so
+    a process remembers the advertisements and broadcast requests that verified (the
+    last :data:`VERIFIED_MEMO_SIZE`, by key and signature): when the meters of one
+    process check the same neighbour's advertisement or the same broadcast request,
+    only the first pays for the Ed25519 verification; the others find an equal
+    message (every field, the signature included) remembered under the same key and
+    signature. Failures are never remembered.
     A :class:`MaskedInput` whose data does not hash to its ``digest`` is refused
     before its signature is looked at.
     """
     if isinstance(msg, MaskedInput) and hashlib.sha256(msg.data).digest() != msg.digest:
         raise ProtocolError("masked input does not match its SHA-256")
-    data = signed_bytes(msg)
-    memo = hashlib.sha256(key.public_bytes_raw() + bytes([len(msg.sig)]) + msg.sig + data).digest()
-    if memo in _verified:
-        return
-    if not signatures.verify(key, msg.sig, data):
+    memo = isinstance(msg, _MEMO_TYPES)
+    if memo:
+        slot = (key.public_bytes_raw(), msg.sig)
+        if _verified.get(slot) == msg:
+            return
+    if not signatures.verify(key, msg.sig, signed_bytes(msg)):
         raise ProtocolError(f"bad signature on {type(msg).__name__}")
-    with _verified_lock:
-        if len(_verified) >= VERIFIED_MEMO_SIZE:
-            del _verified[next(iter(_verified))]
-        _verified[memo] = None
+    if memo:
+        with _verified_lock:
+            if len(_verified) >= VERIFIED_MEMO_SIZE:
+                del _verified[next(iter(_verified))]
+            _verified[slot] = msg
 
 
 def check_stage(msg: SecAggMessage) -> None:

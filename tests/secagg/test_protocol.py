@@ -630,6 +630,23 @@ def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
         client.prepare_masked_input(request)
 
 
+def test_a_verified_request_does_not_vouch_for_a_changed_copy() -> None:
+    # A client verifies the masked-input request once (when it prepares) and skips
+    # the check for an identical copy; a copy that differs in anything but keeps the
+    # signature must be verified afresh, and fails.
+    fed = federation(10, _config(10))
+    out = run_round(fed, 1, inputs_for(fed), until=Stage.MASKED_INPUT)
+    m = min(out.direct)
+    client, request = fed.clients[m], out.direct[m]
+    assert isinstance(request, msg.MaskedInputRequest)
+    client.prepare_masked_input(request)
+    fewer = msgspec.structs.replace(request, shares=request.shares[1:])  # same signature
+    with pytest.raises(ProtocolError, match="bad signature on MaskedInputRequest"):
+        client.masked_input(fewer, inputs_for(fed)[m])
+    reply = client.masked_input(_wire(request), inputs_for(fed)[m])  # an equal copy
+    assert reply.meter == m and client.expecting is Stage.UNMASK
+
+
 def test_a_degenerate_survivor_key_abandons_the_round_with_its_reason() -> None:
     # Honest meters refuse a low-order key when they share; only a survivor and a
     # dropped neighbour that both cheat bring one to the server's mask recovery.
