@@ -485,6 +485,7 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
                 "aggregate_s": r.aggregate_s,
                 "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
                 "cpu_s": r.cpu_s,
+                "loop_cpu_s": r.loop_cpu_s,
                 **{f"secagg_{stage}_s": r.stages_s.get(stage) for stage in SECAGG_STAGES},
                 "model_hash": r.model_hash,
             }

@@ -470,6 +470,9 @@ class Aggregator:
             secure=secure,
             uniform=dp is not None,
         )
+        started = time.perf_counter()
+        cpu_started = None if self.cpu_clock is None else self.cpu_clock()
+        loop_started = time.thread_time()  # this (the event loop's) thread only
         opening: Outbox | None = None
         if secure:
             # The round's first SecAgg+ request rides in the announcement.
@@ -500,8 +503,6 @@ class Aggregator:
                 else b""
             ),
         )
-        started = time.perf_counter()
-        cpu_started = None if self.cpu_clock is None else self.cpu_clock()
         self._round, self._announce = rnd, codec.encode(announce)
         # Retained, so a meter that (re)connects mid-round learns of it at once. Not
         # awaited: the broker's acknowledgement queues behind this process's meters'
@@ -531,7 +532,10 @@ class Aggregator:
             if cpu_started is None or self.cpu_clock is None
             else self.cpu_clock() - cpu_started
         )
-        await self._publish_result(outcome, wall, self._stage_times if secure else {}, cpu)
+        loop_cpu = time.thread_time() - loop_started
+        await self._publish_result(
+            outcome, wall, self._stage_times if secure else {}, cpu, loop_cpu
+        )
         return outcome
 
     def _ddgauss_plan(self) -> codec.DDGaussPlan | None:
@@ -714,6 +718,7 @@ class Aggregator:
         wall: float,
         stages_s: dict[str, float],
         cpu_s: float | None = None,
+        loop_cpu_s: float | None = None,
     ) -> None:
         metrics = outcome.eval.metrics() or {}
         result = codec.RoundResult(
@@ -737,6 +742,7 @@ class Aggregator:
             aggregate_s=outcome.aggregate_s,
             stages_s=stages_s,
             cpu_s=cpu_s,
+            loop_cpu_s=loop_cpu_s,
         )
         self.results.append(result)
         if self.on_result is not None:

@@ -126,6 +126,13 @@ def _system(
         # CPU seconds of the round (this process and the training children; the
         # broker's are not counted): steadier than wall time on a noisy machine.
         "median_cpu_s": _median(rows, "cpu_s") if all(r["cpu_s"] for r in rows) else None,
+        # CPU seconds of the event-loop thread that runs the aggregator and, here, all
+        # 500 meters' agents, and the share of the round it was busy: near 1, that
+        # one thread (Python, one GIL) sets the pace, not the two cores.
+        "median_loop_cpu_s": _median(rows, "loop_cpu_s"),
+        "median_loop_busy": float(
+            statistics.median(float(r["loop_cpu_s"]) / float(r["wall_s"]) for r in rows)
+        ),
         "median_stage_s": stages,
         # The plain protocol's count (one announcement, two messages per
         # participant); a secure round's dozen per meter are not counted, so no

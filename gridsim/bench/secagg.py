@@ -25,6 +25,16 @@
     from PyCryptodome, ECDH P-384 from PEM keys, ``pseudo_rand_gen``) is timed on
     the same aggregate, once, without a correctness check (its masks differ).
 
+(c) The whole protocol's CPU per meter and round, in one process and without a
+    transport: ``--protocol-meters`` meters with ``--protocol-neighbors`` neighbours
+    and inputs of ``--protocol-dim`` values (the end-to-end round's shape) run
+    ``--protocol-rounds`` SecAgg+ rounds through a :class:`SecAggServer` and their
+    :class:`SecAggClient` objects, every message encoded and decoded as on the
+    wire, keys advertised ahead as in steady state. Beside the total: X25519 and
+    Ed25519 counted per meter and round and priced at their measured cost here, so
+    the Python share is what remains. Compare with ``bench e2e``'s secure round
+    to see what MQTT and the fleet's event loop add.
+
 A missing peer is reported as ``{"skipped": reason}``.
 """
 
@@ -67,8 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--repeat", type=int, default=21, help="timed runs per measurement")
     parser.add_argument(
-        "--part", choices=("a", "b", "all"), default="all", help="which measurements to run"
+        "--part", choices=("a", "b", "c", "all"), default="all", help="which measurements to run"
     )
+    parser.add_argument("--protocol-meters", type=int, default=200, help="meters in part (c)")
+    parser.add_argument(
+        "--protocol-neighbors", type=int, default=24, help="neighbours k in part (c)"
+    )
+    parser.add_argument("--protocol-dim", type=int, default=7876, help="input length d in part (c)")
+    parser.add_argument("--protocol-rounds", type=int, default=3, help="timed rounds in (c)")
     parser.add_argument(
         "--no-flower-unmask",
         action="store_true",
@@ -455,10 +471,140 @@ def _flower_unmask(
     }
 
 
+def _protocol_round(
+    server: Any, clients: dict[int, Any], round_: int, inputs: dict[int, Any]
+) -> None:
+    """One SecAgg+ round of ``clients`` through ``server``, every message over the wire."""
+    from gridsim.secagg import messages as sa
+
+    def wire(m: Any) -> Any:
+        return sa.decode(sa.encode(m))
+
+    out = server.start_round(round_, sorted(clients), 0.0)
+    opening = wire(out.broadcast)
+    for client in clients.values():
+        advert = client.advertise(opening)
+        if advert is not None:
+            server.receive(wire(advert), 0.0)
+    while True:
+        out = server.close_stage(0.0)
+        if out.abandoned is not None:
+            raise RuntimeError(f"round {round_} abandoned: {out.abandoned}")
+        if out.result is not None:
+            return
+        requests = (
+            {m: out.broadcast for m in server.waiting_for}
+            if out.broadcast is not None
+            else out.direct
+        )
+        for m, request in requests.items():
+            req, client = wire(request), clients[m]
+            if isinstance(req, sa.ShareRequest):
+                reply = client.share_keys(req)
+            elif isinstance(req, sa.MaskedInputRequest):
+                reply = client.masked_input(req, inputs[m])
+            else:
+                reply = client.unmask(req)
+            server.receive(wire(reply), 0.0)
+
+
+def _part_c(args: argparse.Namespace) -> dict[str, object]:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from gridsim import signatures
+    from gridsim.secagg.client import SecAggClient
+    from gridsim.secagg.server import SecAggConfig, SecAggServer
+
+    n, k, d = args.protocol_meters, args.protocol_neighbors, args.protocol_dim
+    rounds = args.protocol_rounds
+    rng = np.random.default_rng(args.seed)
+    server_key = Ed25519PrivateKey.generate()
+    keys = {m: Ed25519PrivateKey.generate() for m in range(n)}
+    public = {m: key.public_key() for m, key in keys.items()}
+    clip = 0.5
+    config = SecAggConfig(d=d, bits=32, clip=clip, scale=sm.max_scale(clip, 32, n), neighbors=k)
+    server = SecAggServer(server_key, "bench", config)
+    for m in range(n):
+        server.enroll(m, public[m])
+    clients = {
+        m: SecAggClient(m, keys[m], server_key.public_key(), public, session="bench")
+        for m in range(n)
+    }
+    inputs = {m: rng.uniform(-0.4, 0.4, d).astype(np.float32) for m in range(n)}
+    _protocol_round(server, clients, 0, inputs)  # warm-up; advertises the next keys ahead
+    counts = {"sign": 0, "verify": 0}
+    sign, verify = signatures.sign, signatures.verify
+
+    def counted_sign(key: Any, data: bytes) -> bytes:
+        counts["sign"] += 1
+        return sign(key, data)
+
+    def counted_verify(key: Any, signature: bytes, data: bytes) -> bool:
+        counts["verify"] += 1
+        return verify(key, signature, data)
+
+    signatures.sign, signatures.verify = counted_sign, counted_verify
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for r in range(1, rounds + 1):
+            _protocol_round(server, clients, r, inputs)
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    finally:
+        signatures.sign, signatures.verify = sign, verify
+    per = n * rounds
+    # The unit prices, measured here: one meter's agreements in one call (2k of them,
+    # as share_keys makes), and one signature and verification of a short message.
+    secrets_, publics = [os.urandom(32) for _ in range(2 * k)], []
+    for _ in range(2 * k):
+        publics.append(_core.x25519_public_key(os.urandom(32)))
+    infos = [[b"gridsim/bench/agreement"] for _ in range(2 * k)]
+
+    def agree() -> None:
+        _core.x25519_derive(secrets_, publics, infos)
+
+    c0 = time.process_time()
+    for _ in range(50):
+        agree()
+    x25519_us = (time.process_time() - c0) / (50 * 2 * k) * 1e6
+    key, data = keys[0], b"x" * 200
+    sig = sign(key, data)
+    c0 = time.process_time()
+    for _ in range(500):
+        sign(key, data)
+    sign_us = (time.process_time() - c0) / 500 * 1e6
+    c0 = time.process_time()
+    for _ in range(500):
+        verify(public[0], sig, data)
+    verify_us = (time.process_time() - c0) / 500 * 1e6
+    total_ms = cpu / per * 1e3
+    x25519_ms = 2 * k * x25519_us / 1e3
+    ed25519_ms = (counts["sign"] * sign_us + counts["verify"] * verify_us) / per / 1e3
+    return {
+        "meters": n,
+        "neighbors": k,
+        "dim": d,
+        "rounds": rounds,
+        "cpu_ms_per_meter_round": round(total_ms, 3),
+        "wall_ms_per_meter_round": round(wall / per * 1e3, 3),
+        "x25519_agreements_per_meter_round": 2 * k,
+        "x25519_us_per_agreement": round(x25519_us, 2),
+        "x25519_ms_per_meter_round": round(x25519_ms, 3),
+        "ed25519_signs_per_meter_round": round(counts["sign"] / per, 2),
+        "ed25519_verifies_per_meter_round": round(counts["verify"] / per, 2),
+        "ed25519_us_per_sign": round(sign_us, 2),
+        "ed25519_us_per_verify": round(verify_us, 2),
+        "ed25519_ms_per_meter_round": round(ed25519_ms, 3),
+        "rest_ms_per_meter_round": round(total_ms - x25519_ms - ed25519_ms, 3),
+        "note": "one process, no transport; the rest is Python, Shamir, AEAD, masks, hashing",
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     result: dict[str, object] = {"benchmark": "secagg", "machine": _machine()}
     if args.part in ("a", "all"):
         result["a_meter_masking"] = _part_a(args)
     if args.part in ("b", "all"):
         result["b_aggregator_unmasking"] = _part_b(args)
+    if args.part in ("c", "all"):
+        result["c_protocol_cpu"] = _part_c(args)
     return result

@@ -168,6 +168,10 @@ class RoundResult(Message, tag="result", frozen=True):
     # CPU seconds the aggregator's process and the meters' training used during the
     # round, when the meters run in the aggregator's process (None otherwise).
     cpu_s: float | None = None
+    # CPU seconds of the aggregator's event-loop thread during the round; when the
+    # meters run in the aggregator's process their agents share that thread, and a
+    # value near wall_s says the thread, not the cores, set the round's pace.
+    loop_cpu_s: float | None = None
 
 
 class Proof(Message, tag="proof", frozen=True):
