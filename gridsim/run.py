@@ -33,7 +33,7 @@ from gridsim.learning.windows import MeterWindows, make_windows
 from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
 from gridsim.meter.agent import run_fleet
-from gridsim.meter.training_pool import TrainingPool
+from gridsim.meter.training_pool import TrainingPool, limit_blas_threads
 from gridsim.privacy.guard import MeterBudget
 from gridsim.privacy.settings import (
     DPSettings,
@@ -415,6 +415,7 @@ async def run_federation(
         else:
             ctx = mp.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
+            limit_blas_threads(threads)
             for chunk in split_meters(cfg.meters, cfg.workers):
                 p = ctx.Process(
                     target=_worker_main,
