@@ -148,7 +148,6 @@ class Aggregator:
         # to a meter that reconnects before answering: the broker keeps no copy.
         self._secagg_direct: dict[int, bytes] = {}
         self._stage_times: dict[str, float] = {}  # the secure round's, by stage
-        self._stage_started = 0.0  # when the open SecAgg+ stage began (perf_counter)
         self._sending: set[asyncio.Task[bool]] = set()  # publishes under way
         if config.secagg is not None:
             if signing_key is None:
@@ -512,7 +511,7 @@ class Aggregator:
         self._send(self.topics.round, self._announce, retain=True)
         deadline = time.monotonic() + cfg.round_timeout_s
         if opening is not None:
-            outcome = await self._secure_round(rnd, opening)
+            outcome = await self._secure_round(rnd, opening, started)
         else:
             while time.monotonic() < deadline:
                 if not (rnd.pending() - self.offline):
@@ -579,23 +578,23 @@ class Aggregator:
         """Open the SecAgg+ round: its advertisement request, or why it cannot start."""
         server = self.secagg
         assert server is not None
-        self._stage_started = time.perf_counter()
         try:
             return server.start_round(rnd.round, rnd.selected, time.monotonic())
         except GridsimError as exc:
             return Outbox(abandoned=f"cannot start: {exc}")
 
-    async def _secure_round(self, rnd: FedAvgRound, out: Outbox) -> RoundOutcome:
+    async def _secure_round(
+        self, rnd: FedAvgRound, out: Outbox, stage_started: float
+    ) -> RoundOutcome:
         """Drive the SecAgg+ stages of a round, then close it with the unmasked sum.
 
-        ``out`` is what opening the round produced (:meth:`_open_secure_round`): its
-        request went out in the round announcement.
+        ``out`` is what opening the round produced (:meth:`_open_secure_round`) at
+        ``stage_started`` (perf_counter): its request went out in the announcement.
         """
         server = self.secagg
         assert server is not None
         stats = self.secagg_stats
         result = None
-        stage_started = self._stage_started
         self._stage_times = {}
         while out.abandoned is None:
             assert server.deadline is not None

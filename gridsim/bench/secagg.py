@@ -554,9 +554,8 @@ def _part_c(args: argparse.Namespace) -> dict[str, object]:
     per = n * rounds
     # The unit prices, measured here: one meter's agreements in one call (2k of them,
     # as share_keys makes), and one signature and verification of a short message.
-    secrets_, publics = [os.urandom(32) for _ in range(2 * k)], []
-    for _ in range(2 * k):
-        publics.append(_core.x25519_public_key(os.urandom(32)))
+    secrets_ = [os.urandom(32) for _ in range(2 * k)]
+    publics = [_core.x25519_public_key(os.urandom(32)) for _ in range(2 * k)]
     infos = [[b"gridsim/bench/agreement"] for _ in range(2 * k)]
 
     def agree() -> None:

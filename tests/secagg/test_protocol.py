@@ -603,12 +603,20 @@ def test_masks_prepared_before_the_input_give_the_exact_sum() -> None:
     assert len(out.result.dropped) == 3
 
 
-def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
-    fed = federation(10, _config(10))
+def _masked_input_request(
+    n: int = 10,
+) -> tuple[Federation, int, SecAggClient, msg.MaskedInputRequest]:
+    """A federation stopped with its masked-input requests out, one meter and its request."""
+    fed = federation(n, _config(n))
     out = run_round(fed, 1, inputs_for(fed), until=Stage.MASKED_INPUT)
     m = min(out.direct)
-    client, request = fed.clients[m], out.direct[m]
+    request = out.direct[m]
     assert isinstance(request, msg.MaskedInputRequest)
+    return fed, m, fed.clients[m], request
+
+
+def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
+    fed, m, client, request = _masked_input_request()
     first = request.shares[0]
     flipped = first.ciphertext[:-1] + bytes([first.ciphertext[-1] ^ 1])
     tampered = msg.sign(
@@ -634,11 +642,7 @@ def test_a_verified_request_does_not_vouch_for_a_changed_copy() -> None:
     # A client verifies the masked-input request once (when it prepares) and skips
     # the check for an identical copy; a copy that differs in anything but keeps the
     # signature must be verified afresh, and fails.
-    fed = federation(10, _config(10))
-    out = run_round(fed, 1, inputs_for(fed), until=Stage.MASKED_INPUT)
-    m = min(out.direct)
-    client, request = fed.clients[m], out.direct[m]
-    assert isinstance(request, msg.MaskedInputRequest)
+    fed, m, client, request = _masked_input_request()
     client.prepare_masked_input(request)
     fewer = msgspec.structs.replace(request, shares=request.shares[1:])  # same signature
     with pytest.raises(ProtocolError, match="bad signature on MaskedInputRequest"):
