@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gridsim.config import RunConfig
+from gridsim.config import DROPOUT_MODES, RunConfig
 from gridsim.exceptions import ConfigError, GridsimError
 from gridsim.privacy.settings import DEFAULT_EPSILON
 
@@ -33,6 +33,18 @@ def _parse_ids(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad meter id list {text!r} (e.g. 0-4999,6000)") from None
     return sorted(ids)
+
+
+def _add_dropout_mode(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dropout-mode",
+        choices=DROPOUT_MODES,
+        default="crash",
+        help="crash: a vanishing meter drops its connection without a goodbye (the "
+        "broker publishes its will) and comes back as a restarted meter that sits the "
+        "round out, so the round stops waiting for it at once; hang: it stays "
+        "connected and silent, and the round waits for it until --round-timeout",
+    )
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -142,8 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dropout",
         type=float,
         default=0.0,
-        help="probability that a selected meter vanishes in a round (testing)",
+        help="probability that a selected meter vanishes in a round, at a random "
+        "protocol stage (testing)",
     )
+    _add_dropout_mode(run)
     run.add_argument(
         "--no-centralized",
         action="store_true",
@@ -166,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     meters.add_argument("--broker", required=True)
     meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
     meters.add_argument("--dropout", type=float, default=0.0)
+    _add_dropout_mode(meters)
     meters.add_argument(
         "--epsilon",
         type=float,
@@ -232,6 +247,7 @@ def _run_config(args: argparse.Namespace, **extra: object) -> RunConfig:
         session=args.session,
         workers=getattr(args, "workers", 1),
         dropout=getattr(args, "dropout", 0.0),
+        dropout_mode=getattr(args, "dropout_mode", "crash"),
         fraction=getattr(args, "fraction", 1.0),
         days=args.days,
         test_days=args.test_days,

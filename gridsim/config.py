@@ -9,6 +9,8 @@ from typing import Any
 
 from gridsim.exceptions import ConfigError
 
+DROPOUT_MODES = ("crash", "hang")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -20,6 +22,7 @@ class RunConfig:
     session: str | None = None
     workers: int = 1
     dropout: float = 0.0
+    dropout_mode: str = "crash"  # how a vanishing meter goes: "crash" or "hang"
     fraction: float = 1.0
     days: int = 28
     test_days: int = 7
@@ -48,6 +51,7 @@ class RunConfig:
             (1 <= self.workers <= 256, "--workers must be between 1 and 256"),
             (self.workers <= self.meters, "--workers must not exceed --meters"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
+            (self.dropout_mode in DROPOUT_MODES, "--dropout-mode must be crash or hang"),
             (0.0 < self.fraction <= 1.0, "--fraction must be in (0, 1]"),
             (self.test_days >= 1, "--test-days must be at least 1"),
             (self.days >= self.test_days + 2, "--days must exceed --test-days by at least 2"),

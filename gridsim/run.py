@@ -115,6 +115,7 @@ async def serve_meters(
             pool=pool,
             seed=cfg.seed,
             dropout=cfg.dropout,
+            dropout_mode=cfg.dropout_mode,
             stop=stop or asyncio.Event(),
             budget=budget,
         )

@@ -219,7 +219,10 @@ def test_garbage_on_every_topic_is_dropped_and_the_run_completes(
 def test_vanishing_meters_are_recorded_as_dropouts(
     tmp_path: Path, mosquitto: BrokerAddress
 ) -> None:
-    summary = run(_cfg(tmp_path, mosquitto, dropout=0.3, round_timeout_s=3.0, rounds=2))
+    # Hung meters: connected and silent, so every stage with one waits out its deadline.
+    summary = run(
+        _cfg(tmp_path, mosquitto, dropout=0.3, dropout_mode="hang", round_timeout_s=3.0, rounds=2)
+    )
     assert summary["rounds_completed"] == 2
     rounds = zip(summary["participants_per_round"], summary["dropouts_per_round"], strict=True)
     for part, drop in rounds:
@@ -228,10 +231,52 @@ def test_vanishing_meters_are_recorded_as_dropouts(
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
 
 
+@pytest.mark.parametrize("secagg", [True, False], ids=["secagg", "plain"])
+def test_crashed_meters_are_dropped_without_waiting_for_the_deadline(
+    tmp_path: Path, mosquitto: BrokerAddress, secagg: bool
+) -> None:
+    # Each vanishing meter crashes at a random stage: its connection drops without a
+    # goodbye (the broker publishes its will) and it comes back saying it sits the
+    # round out. Waiting for it would take a stage's whole 60 s deadline.
+    summary = run(
+        _cfg(tmp_path, mosquitto, dropout=0.3, round_timeout_s=60.0, rounds=2, secagg=secagg)
+    )
+    assert summary["rounds_completed"] == 2
+    rows = _rounds_csv(tmp_path / "out")
+    for row, part, drop in zip(
+        rows, summary["participants_per_round"], summary["dropouts_per_round"], strict=True
+    ):
+        assert float(row["wall_s"]) < 30.0, row  # no stage waited for its deadline
+        # Crashed meters reconnect at once; one may miss the next round's start.
+        assert 45 <= int(row["selected"]) == part + drop, row
+        # Secure rounds count a meter that crashed after sending its masked input as
+        # a survivor (a quarter of those vanishing). P(outside [3, 25]) < 1e-3 per round.
+        assert 3 <= drop <= 25, row
+    stats = summary["meter_stats"]
+    assert stats["vanished"] >= 6 and stats["rejected_messages"] == 0, stats
+    assert stats["proofs_bad"] == 0, stats
+    if secagg:
+        sa = summary["secagg"]
+        assert (sa["verified_rounds"], sa["verify_failures"], sa["rounds_abandoned"]) == (2, 0, 0)
+    assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+
+
 def test_too_many_dropouts_abandon_the_round_and_the_run_goes_on(
     tmp_path: Path, mosquitto: BrokerAddress
 ) -> None:
-    summary = run(_cfg(tmp_path, mosquitto, meters=12, rounds=3, dropout=0.8, round_timeout_s=1.5))
+    # Hung meters, so every meter is online for the final evaluation (a crashed one
+    # may still be reconnecting when it starts).
+    summary = run(
+        _cfg(
+            tmp_path,
+            mosquitto,
+            meters=12,
+            rounds=3,
+            dropout=0.8,
+            dropout_mode="hang",
+            round_timeout_s=1.5,
+        )
+    )
     sa = summary["secagg"]
     assert summary["rounds_completed"] == 3
     # P(a round keeps a majority of 12 meters at 80% dropout) < 0.01.

@@ -167,6 +167,8 @@ class Aggregator:
         self.secagg_stats = SecAggStats()
         self.dp_stopped: str | None = None
         self.offline: set[int] = set()
+        # Meters that restarted during the open round and sit it out (their hello says so).
+        self._sitting_out: set[int] = set()
         self.rejected_messages = 0
         self.results: list[codec.RoundResult] = []
         self._drops = DropLog(log)
@@ -263,6 +265,11 @@ class Aggregator:
             self.registered[meter] = msg.n_train
             self.offline.discard(meter)
             self._changed.set()
+            rnd = self._round
+            if rnd is not None and msg.sits_out == rnd.round:
+                # Restarted mid-round: it holds nothing of the round; wait no longer.
+                self._sitting_out.add(meter)
+                return
             # A meter says hello on every (re)connect: if it reconnected mid-stage,
             # the request it waits for may have been lost with its old connection.
             self._resend_direct([meter])
@@ -278,7 +285,7 @@ class Aggregator:
             reason = rnd.offer(meter, msg)
             if reason is not None:
                 self._reject(topic, reason)
-            elif rnd.complete:
+            elif not (rnd.pending() - self._gone()):
                 self._changed.set()
         else:
             self._reject(topic, f"unexpected {type(msg).__name__}")
@@ -315,7 +322,7 @@ class Aggregator:
             reason = rnd.offer(meter, report)
             if reason is not None:
                 self._reject(topic, reason)
-        if server.stage_complete:
+        if self._stage_done(server):
             self._changed.set()
 
     def _masked_input_report(
@@ -389,6 +396,14 @@ class Aggregator:
                 self._send(self.topics.secagg_to(meter), payload)
 
     # -- driver -----------------------------------------------------------------
+
+    def _gone(self) -> set[int]:
+        """Meters the open round need not wait for: offline, or restarted and sitting out."""
+        return self.offline | self._sitting_out
+
+    def _stage_done(self, server: SecAggServer) -> bool:
+        """Whether the open SecAgg+ stage waits for no meter that may still answer."""
+        return not (server.waiting_for - self._gone())
 
     async def _wait_changed(self, seconds: float) -> None:
         self._changed.clear()
@@ -503,6 +518,7 @@ class Aggregator:
             ),
         )
         self._round, self._announce = rnd, codec.encode(announce)
+        self._sitting_out = set()
         # Retained, so a meter that (re)connects mid-round learns of it at once. Not
         # awaited: the broker's acknowledgement queues behind this process's meters'
         # handling of the announcement, and a secure round whose meters all
@@ -514,7 +530,7 @@ class Aggregator:
             outcome = await self._secure_round(rnd, opening, started)
         else:
             while time.monotonic() < deadline:
-                if not (rnd.pending() - self.offline):
+                if not (rnd.pending() - self._gone()):
                     break
                 await self._wait_changed(deadline - time.monotonic())
             outcome = rnd.close(noise=self._central_noise(rnd))
@@ -598,7 +614,7 @@ class Aggregator:
         self._stage_times = {}
         while out.abandoned is None:
             assert server.deadline is not None
-            if not server.stage_complete and time.monotonic() < server.deadline:
+            if not self._stage_done(server) and time.monotonic() < server.deadline:
                 await self._wait_changed(server.deadline - time.monotonic())
                 continue
             stage = server.stage
@@ -615,7 +631,7 @@ class Aggregator:
             plaintext = None
             if self.plaintext is not None and server.stage is sa.Stage.UNMASK:
                 plaintext = self.plaintext(rnd.round)
-            out = server.close_stage(time.monotonic(), plaintext=plaintext)
+            out = server.close_stage(time.monotonic(), plaintext=plaintext, gone=self._gone())
             if out.abandoned is not None:
                 break
             if out.result is not None:

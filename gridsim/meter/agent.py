@@ -50,6 +50,7 @@ class MeterAgent:
         pool: TrainingPool,
         seed: int,
         dropout: float = 0.0,
+        dropout_mode: str = "crash",
         peer_keys: Mapping[int, Ed25519PublicKey] | None = None,
         budget: MeterBudget | None = None,
     ) -> None:
@@ -61,6 +62,9 @@ class MeterAgent:
         self.pool = pool
         self.seed = seed
         self.dropout = dropout
+        self.dropout_mode = dropout_mode
+        self._vanished = -1  # the last round this meter vanished from (--dropout)
+        self._sits_out = -1  # the round it sits out after a simulated crash
         self.done = asyncio.Event()
         self.rounds_answered = 0
         self.rounds_vanished = 0
@@ -109,6 +113,7 @@ class MeterAgent:
             meter=self.meter,
             n_train=self.pool.data.n_train,
             public_key=self._public_key,
+            sits_out=self._sits_out,
         )
         await self.connection.publish(self.topics.hello(self.meter), codec.encode(hello), wait=0)
 
@@ -205,8 +210,9 @@ class MeterAgent:
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
         self._current_round = msg.round
+        self._sits_out = -1
         if msg.train and self._silent_from(msg.round, bool(msg.secagg_key)) == 0:
-            self.rounds_vanished += 1
+            self._vanish(msg.round)
             return
         if msg.train and self.budget is not None:
             plan = None if msg.ddgauss is None else msgspec.structs.asdict(msg.ddgauss)
@@ -234,6 +240,24 @@ class MeterAgent:
     def _silent_from(self, round_: int, secure: bool) -> int | None:
         """The stage from which this meter vanishes this round (see :func:`silent_from`)."""
         return silent_from(self.seed, self.meter, round_, self.dropout, secure)
+
+    def _vanish(self, round_: int) -> None:
+        """Vanish from ``round_`` (``--dropout``) at the stage this meter was due to answer.
+
+        "crash": the meter drops its connection without a goodbye, so the broker
+        publishes its will at once, and comes back as a restarted meter that holds
+        nothing of the round: its hello names the round it sits out, and the
+        aggregator stops waiting for it. "hang": it stays connected and says nothing
+        more this round; the aggregator waits for it until the stage's deadline.
+        """
+        if self._vanished == round_:
+            return
+        self._vanished = round_
+        self.rounds_vanished += 1
+        if self.dropout_mode == "crash":
+            self._reply = None  # a restarted meter has no answer to send again
+            self._sits_out = round_
+            self.connection.abort()
 
     def _start_secagg(self, msg: codec.RoundAnnounce) -> bool:
         """Set up this round's SecAgg+ client (pinning the aggregator's key on first use)."""
@@ -382,9 +406,12 @@ class MeterAgent:
         except GridsimError as exc:
             self._drop(topic, str(exc))
             return
+        if msg.round > self._current_round and topic == self.topics.secagg:
+            return  # a request to all meters of a round this meter is not in
         silent = self._silent_from(msg.round, secure=True)
-        stage = int(msg.stage)
-        if silent is not None and stage >= silent:
+        if silent is not None and int(msg.stage) >= silent:
+            if msg.round == self._current_round:
+                self._vanish(msg.round)
             return
         try:
             # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
@@ -454,6 +481,7 @@ async def run_fleet(
     seed: int,
     dropout: float,
     stop: asyncio.Event,
+    dropout_mode: str = "crash",
     connect_spacing_s: float = 0.002,
     budget: MeterBudget | None = None,
 ) -> dict[str, int]:
@@ -466,6 +494,7 @@ async def run_fleet(
             pool=pool,
             seed=seed,
             dropout=dropout,
+            dropout_mode=dropout_mode,
             budget=budget,
         )
         for m in meters

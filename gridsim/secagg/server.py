@@ -6,8 +6,9 @@ How a transport drives one round of a :class:`SecAggServer`::
     out = server.start_round(round, selected, now)    # out.broadcast: AdvertiseRequest
     # loop: deliver every meter message with server.receive(msg, now); it raises
     # ProtocolError (already logged and recorded in server.rejected) for bad ones.
-    # When server.stage_complete or now >= server.deadline:
-    out = server.close_stage(now)                     # the next request(s), or the end
+    # When server.stage_complete or now >= server.deadline, or when every meter in
+    # server.waiting_for is known to be gone (disconnected, restarted):
+    out = server.close_stage(now, gone=gone)          # the next request(s), or the end
     #   out.broadcast  one signed message for every meter in server.waiting_for
     #   out.direct     signed messages addressed to single meters (relayed shares)
     #   out.result     the SecAggResult after the last stage
@@ -45,7 +46,7 @@ from __future__ import annotations
 import enum
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -465,10 +466,17 @@ class SecAggServer:
     # ---- closing stages -------------------------------------------------------------
 
     def close_stage(
-        self, now: float, *, plaintext: Mapping[int, masking.MaskArray] | None = None
+        self,
+        now: float,
+        *,
+        plaintext: Mapping[int, masking.MaskArray] | None = None,
+        gone: Collection[int] = (),
     ) -> Outbox:
         """Close the open stage (at its deadline, or early once every answer is in).
 
+        ``gone``: meters the transport knows will not answer (their connection
+        dropped, or they restarted and hold nothing of the round); the stage also
+        closes early when it waits for none but them, and they are dropouts.
         ``plaintext`` (simulation only): each meter's quantised input, to check the
         unmasked sum against their plain modular sum (:attr:`SecAggResult.verified`).
         """
@@ -476,7 +484,7 @@ class SecAggServer:
         if stage is None:
             raise RoundError(f"no stage is open (round state {self.state.value})")
         assert self.deadline is not None
-        if now < self.deadline and not self.stage_complete:
+        if now < self.deadline and not self.waiting_for.issubset(gone):
             raise RoundError(
                 f"stage {stage.name} is open until {self.deadline}; "
                 f"{len(self.waiting_for)} meters have not answered"

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from gridsim.exceptions import MessageError
 
-WIRE_VERSION: Final = 2
+WIRE_VERSION: Final = 3
 # The largest message we accept: a model of a few million float32 parameters.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
@@ -47,6 +47,10 @@ class Hello(Message, tag="hello", frozen=True):
     # The meter's Ed25519 identity key (raw 32 bytes); the aggregator pins the first
     # key it sees for a meter and checks every later signature against it.
     public_key: Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+    # A meter that restarted in the middle of a round holds nothing of it (no keys,
+    # no shares, no update): it names that round here and sits it out, so the
+    # aggregator stops waiting for it at once. -1: none.
+    sits_out: Annotated[int, msgspec.Meta(ge=-1)] = -1
 
 
 class RollCall(Message, tag="rollcall", frozen=True):

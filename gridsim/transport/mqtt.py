@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -101,6 +102,7 @@ class Connection:
         self._client: aiomqtt.Client | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._aborted = False
 
     def _make_client(self) -> aiomqtt.Client:
         tls_params = aiomqtt.TLSParameters() if self.address.tls else None
@@ -145,7 +147,9 @@ class Connection:
                 self._client = None
                 self.connected.clear()
             if not self._closing:
-                await asyncio.sleep(self.backoff.next())
+                # After abort() the broker is fine: come back at once, as a restart would.
+                aborted, self._aborted = self._aborted, False
+                await asyncio.sleep(0 if aborted else self.backoff.next())
 
     async def _dispatch(self, topic: str, payload: object) -> None:
         if not isinstance(payload, bytes | bytearray):
@@ -189,6 +193,19 @@ class Connection:
             log.info("%s: publish to %s failed (%s)", self.identifier, topic, exc)
             return False
         return True
+
+    def abort(self) -> None:
+        """Drop the connection without a goodbye, as a crash or a power cut would.
+
+        The socket is shut down without an MQTT DISCONNECT, so the broker publishes
+        this client's will; :meth:`run` then reconnects as after any other fault.
+        """
+        client = self._client
+        sock = None if client is None else client._client.socket()  # aiomqtt 2.x is pinned
+        if isinstance(sock, socket.socket):  # TCP or TLS
+            self._aborted = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def start(self) -> asyncio.Task[None]:
         """Run the connection in a task of its own."""

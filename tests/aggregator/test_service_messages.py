@@ -15,10 +15,17 @@ from gridsim.transport.topics import Topics
 DIM = 6
 
 
-def _hello(meter: int, key_seed: int) -> bytes:
+def _hello(meter: int, key_seed: int, sits_out: int = -1) -> bytes:
     key = raw_public_key(meter_signing_key(key_seed, meter))
     return codec.encode(
-        codec.Hello(v=codec.WIRE_VERSION, session="s", meter=meter, n_train=10, public_key=key)
+        codec.Hello(
+            v=codec.WIRE_VERSION,
+            session="s",
+            meter=meter,
+            n_train=10,
+            public_key=key,
+            sits_out=sits_out,
+        )
     )
 
 
@@ -81,6 +88,43 @@ def test_forged_hello_and_update_are_rejected() -> None:
         out = agg._round.close()
         np.testing.assert_allclose(out.model, np.ones(DIM))
         assert set(out.contributions) == {1, 2}
+
+    asyncio.run(scenario())
+
+
+def test_a_round_stops_waiting_for_meters_that_dropped_or_restarted() -> None:
+    async def scenario() -> None:
+        from gridsim.aggregator.fedavg_round import FedAvgRound
+
+        agg = await _aggregator()
+        t = Topics("s")
+        for m in (1, 2, 3, 4):
+            agg._on_message(t.hello(m), _hello(m, key_seed=7))
+        agg._round = FedAvgRound(
+            0,
+            selected=[1, 2, 3, 4],
+            model=np.zeros(DIM, dtype=np.float32),
+            train=True,
+            run=agg.run_id,
+        )
+        # Meter 3 crashes: the broker publishes its will. It comes back at once saying
+        # it restarted and sits round 0 out: still not waited for, though online.
+        agg._on_message(t.status(3), b"offline")
+        agg._on_message(t.hello(3), _hello(3, key_seed=7, sits_out=0))
+        assert 3 not in agg.offline and agg._gone() == {3}
+        # Meter 4 loses its connection and comes back holding the round: waited for.
+        agg._on_message(t.status(4), b"offline")
+        assert agg._gone() == {3, 4}
+        agg._on_message(t.hello(4), _hello(4, key_seed=7, sits_out=7))
+        assert agg._gone() == {3}
+        agg._on_message(t.update(1), _update(agg, 1, key_seed=7, delta=np.ones(DIM)))
+        agg._changed.clear()
+        agg._on_message(t.status(4), b"offline")  # and drops for good
+        agg._changed.clear()
+        # The last answer the round can still get wakes the round up to close.
+        agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
+        assert agg._changed.is_set() and agg._round.pending() == {3, 4}
+        assert agg.rejected_messages == 0
 
     asyncio.run(scenario())
 
