@@ -261,6 +261,16 @@ def test_crashed_meters_are_dropped_without_waiting_for_the_deadline(
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
 
 
+def test_meters_left_out_of_a_secure_round_ignore_its_requests(
+    tmp_path: Path, mosquitto: BrokerAddress
+) -> None:
+    summary = run(_cfg(tmp_path, mosquitto, meters=30, rounds=2, fraction=0.5))
+    assert summary["participants_per_round"] == [15, 15]
+    assert summary["secagg"]["verified_rounds"] == 2
+    # The requests broadcast to a round's meters reach the others too: not an error.
+    assert summary["meter_stats"]["rejected_messages"] == 0, summary["meter_stats"]
+
+
 def test_too_many_dropouts_abandon_the_round_and_the_run_goes_on(
     tmp_path: Path, mosquitto: BrokerAddress
 ) -> None:
