@@ -44,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="also time the default configuration (SecAgg+ with distributed DP)",
     )
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="also time SecAgg+ rounds in which each meter crashes with this probability, "
+        "at a random stage (0 skips them)",
+    )
     parser.add_argument("--out", help="keep the run's output folder here")
 
 
@@ -80,7 +87,7 @@ def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
 
 
 def _system(
-    args: argparse.Namespace, out: Path, *, secagg: bool, dp: str = "off"
+    args: argparse.Namespace, out: Path, *, secagg: bool, dp: str = "off", dropout: float = 0.0
 ) -> dict[str, Any]:
     """Run the whole system once and summarise its rounds (DP off unless ``dp`` says)."""
     from gridsim.run import run as run_system
@@ -94,6 +101,7 @@ def _system(
         out=str(out),
         secagg=secagg,
         dp=dp,
+        dropout=dropout,
     )
     summary = run_system(cfg)
     import csv
@@ -118,6 +126,8 @@ def _system(
     return {
         "secagg": secagg,
         "dp": summary["dp"]["mode"],
+        "dropout": dropout,
+        "median_dropouts": _median(rows, "dropouts"),
         "median_round_s": statistics.median(walls),
         "max_round_s": max(walls),
         "median_train_s": _median(rows, "train_s"),
@@ -154,6 +164,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.with_dp:
         # The default configuration: SecAgg+ with DDGauss noise shares (epsilon 8).
         private = _system(args, out / "secagg-ddgauss", secagg=True, dp="distributed")
+    crashing = None
+    if args.dropout > 0:
+        # Meters crash at a random stage; the stages stop waiting for them, and the
+        # aggregator recovers the dropped meters' masks.
+        crashing = _system(args, out / "secagg-dropout", secagg=True, dropout=args.dropout)
     cfg = RunConfig(meters=args.meters, rounds=args.rounds, seed=args.seed)
     result: dict[str, Any] = {
         "benchmark": "e2e",
@@ -176,6 +191,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["gridsim_secagg_ddgauss"] = private
         result["secagg_ddgauss_round_overhead"] = (
             private["median_round_s"] / plain["median_round_s"]
+        )
+    if crashing is not None:
+        result["gridsim_secagg_dropout"] = crashing
+        result["secagg_dropout_round_overhead"] = (
+            crashing["median_round_s"] / plain["median_round_s"]
         )
     if args.flower_rounds > 0:
         try:
