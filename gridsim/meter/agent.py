@@ -64,7 +64,8 @@ class MeterAgent:
         self.dropout = dropout
         self.dropout_mode = dropout_mode
         self._vanished = -1  # the last round this meter vanished from (--dropout)
-        self._sits_out = -1  # the round it sits out after a simulated crash
+        self._sits_out = -1  # the round it sits out after a (simulated) crash
+        self._fresh = True  # no round announcement handled since this agent started
         self.done = asyncio.Event()
         self.rounds_answered = 0
         self.rounds_vanished = 0
@@ -188,6 +189,7 @@ class MeterAgent:
             self._awaiting_proof = None
 
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
+        fresh, self._fresh = self._fresh, False
         self._check_proof_arrived(msg)
         if msg.ledger_key and self._ledger_key is None:
             try:
@@ -211,6 +213,16 @@ class MeterAgent:
             return  # already working on it, or a stale announcement
         self._current_round = msg.round
         self._sits_out = -1
+        if fresh and self.connection.retained and msg.train and msg.secagg_key:
+            # This meter started while the secure round was under way (it restarted,
+            # say): it holds nothing of the round and cannot tell how far the round
+            # has gone. It sits the round out and says so, so it is not waited for.
+            log.info(
+                "meter %d: sits out round %d, under way when it started", self.meter, msg.round
+            )
+            self._sits_out = msg.round
+            self._spawn(self._on_connect())  # a hello naming the round
+            return
         if msg.train and self._silent_from(msg.round, bool(msg.secagg_key)) == 0:
             self._vanish(msg.round)
             return

@@ -103,6 +103,9 @@ class Connection:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._aborted = False
+        self.retained = False
+        """Whether the message being handled came from the broker's retained store
+        (it was published before this connection subscribed), not live."""
 
     def _make_client(self) -> aiomqtt.Client:
         tls_params = aiomqtt.TLSParameters() if self.address.tls else None
@@ -139,7 +142,11 @@ class Connection:
                     if self.on_connect is not None:
                         await self.on_connect()
                     async for message in client.messages:
-                        await self._dispatch(str(message.topic), message.payload)
+                        self.retained = bool(message.retain)
+                        try:
+                            await self._dispatch(str(message.topic), message.payload)
+                        finally:
+                            self.retained = False
             except aiomqtt.MqttError as exc:
                 if not self._closing:
                     log.info("%s: connection lost (%s); reconnecting", self.identifier, exc)

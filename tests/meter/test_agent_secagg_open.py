@@ -10,7 +10,10 @@ is a real one, made and signed by :class:`SecAggServer`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import cast
 
+import aiomqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -98,3 +101,54 @@ def test_the_announcement_opens_the_secure_round(forged: bool) -> None:
     assert isinstance(advert, sa.AdvertiseKeys)
     assert (advert.meter, advert.round) == (ME, 5)
     sa.verify_signature(advert, agent._key.public_key())
+
+
+@pytest.mark.broker
+@pytest.mark.parametrize("under_way", [True, False], ids=["under-way", "live"])
+def test_a_meter_that_starts_during_a_secure_round_sits_it_out(
+    mosquitto: BrokerAddress, under_way: bool
+) -> None:
+    """A meter (re)started while a secure round is under way holds nothing of it and
+    cannot tell how far it has gone: it says so in a hello instead of advertising
+    keys the aggregator may no longer take (and being waited for). A round
+    announced after it started, it joins."""
+
+    async def scenario() -> tuple[list[int], list[sa.SecAggMessage], bool]:
+        pool = TrainingPool(meter_windows([ME], CFG), seed=CFG.seed)
+        agent = MeterAgent(ME, address=mosquitto, session="s", pool=pool, seed=CFG.seed)
+        server_key = Ed25519PrivateKey.generate()
+        announce = codec.encode(_announce(server_key, _opening(server_key, agent)))
+        topics = agent.topics
+        hellos: list[int] = []
+        replies: list[sa.SecAggMessage] = []
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as probe:
+            await probe.subscribe(topics.hello(ME), qos=1)
+            await probe.subscribe(topics.secagg_up(ME), qos=1)
+            if under_way:  # announced before the meter connects: it finds it retained
+                await probe.publish(topics.round, announce, qos=1, retain=True)
+            agent.start()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3.0):
+                        async for message in probe.messages:
+                            payload = bytes(cast(bytes, message.payload))
+                            if message.topic.matches(topics.hello(ME)):
+                                hello = codec.decode(payload)
+                                assert isinstance(hello, codec.Hello)
+                                hellos.append(hello.sits_out)
+                                if not under_way and len(hellos) == 1:
+                                    await probe.publish(topics.round, announce, qos=1)
+                            else:
+                                replies.append(sa.decode(payload))
+                started = agent._task is not None
+            finally:
+                await agent.stop()
+                pool.close()
+        return hellos, replies, started
+
+    hellos, replies, started = asyncio.run(scenario())
+    if under_way:
+        assert hellos == [-1, 5] and replies == [] and not started
+    else:
+        assert hellos == [-1] and started
+        assert [type(r) for r in replies] == [sa.AdvertiseKeys]
