@@ -270,6 +270,7 @@ class Aggregator:
                 # Restarted mid-round: it holds nothing of the round; wait no longer.
                 self._sitting_out.add(meter)
                 return
+            self._sitting_out.discard(meter)
             # A meter says hello on every (re)connect: if it reconnected mid-stage,
             # the request it waits for may have been lost with its old connection.
             self._resend_direct([meter])

@@ -202,7 +202,7 @@ class MeterAgent:
         if msg.run != self._run:
             # A new aggregator (or a restarted one): its rounds start afresh.
             self._run = msg.run
-            self._current_round = -1
+            self._current_round = self._vanished = self._sits_out = -1
             self._reply = None
         last = self._reply
         if last is not None and last[0] == msg.round:
@@ -213,7 +213,10 @@ class MeterAgent:
             return  # already working on it, or a stale announcement
         self._current_round = msg.round
         self._sits_out = -1
-        if fresh and self.connection.retained and msg.train and msg.secagg_key:
+        # First connection only: after a broker restart the re-published announcement
+        # may also come retained, to a meter that holds its round and goes on.
+        first = self.connection.connects == 1
+        if fresh and first and self.connection.retained and msg.train and msg.secagg_key:
             # This meter started while the secure round was under way (it restarted,
             # say): it holds nothing of the round and cannot tell how far the round
             # has gone. It sits the round out and says so, so it is not waited for.

@@ -202,17 +202,23 @@ class Connection:
         return True
 
     def abort(self) -> None:
-        """Drop the connection without a goodbye, as a crash or a power cut would.
+        """Drop the connection without a goodbye, as a crashed process does.
 
-        The socket is shut down without an MQTT DISCONNECT, so the broker publishes
-        this client's will; :meth:`run` then reconnects as after any other fault.
+        The socket is closed without an MQTT DISCONNECT (the operating system of a
+        crashed process closes it too), so the broker publishes this client's will
+        at once; :meth:`run` then reconnects without a backoff. (A power cut or a
+        broken link closes nothing: the broker notices after 1.5 keepalive
+        intervals.) Only TCP and TLS transports can be aborted; otherwise nothing
+        happens.
         """
         client = self._client
         sock = None if client is None else client._client.socket()  # aiomqtt 2.x is pinned
         if isinstance(sock, socket.socket):  # TCP or TLS
-            self._aborted = True
-            with contextlib.suppress(OSError):
+            try:
                 sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                return  # already closed: run() is reconnecting anyway
+            self._aborted = True
 
     def start(self) -> asyncio.Task[None]:
         """Run the connection in a task of its own."""

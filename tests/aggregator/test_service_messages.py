@@ -124,6 +124,10 @@ def test_a_round_stops_waiting_for_meters_that_dropped_or_restarted() -> None:
         # The last answer the round can still get wakes the round up to close.
         agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
         assert agg._changed.is_set() and agg._round.pending() == {3, 4}
+        # A later hello that names no round to sit out (the first was stale, say)
+        # makes meter 3 one to wait for again.
+        agg._on_message(t.hello(3), _hello(3, key_seed=7))
+        assert agg._gone() == {4}
         assert agg.rejected_messages == 0
 
     asyncio.run(scenario())

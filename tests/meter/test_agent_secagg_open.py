@@ -103,6 +103,33 @@ def test_the_announcement_opens_the_secure_round(forged: bool) -> None:
     sa.verify_signature(advert, agent._key.public_key())
 
 
+@pytest.mark.parametrize("connects", [1, 2], ids=["just-started", "reconnected"])
+def test_only_a_meter_that_just_started_sits_out_a_retained_round(connects: int) -> None:
+    """After a broker restart the aggregator publishes its announcement again, and a
+    meter that reconnects may get it retained: it has not restarted, so it joins."""
+
+    async def scenario() -> tuple[int, bool]:
+        pool = TrainingPool(meter_windows([ME], CFG), seed=CFG.seed)
+        agent = MeterAgent(
+            ME, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
+        )
+
+        async def discard(payload: bytes, topic: str | None = None) -> None:
+            pass
+
+        agent._send = discard  # type: ignore[method-assign]
+        server_key = Ed25519PrivateKey.generate()
+        agent.connection.retained, agent.connection.connects = True, connects
+        try:
+            agent._on_announce(_announce(server_key, _opening(server_key, agent)))
+            return agent._sits_out, agent._task is not None
+        finally:
+            await agent.stop()
+
+    sits_out, started = asyncio.run(scenario())
+    assert (sits_out, started) == ((5, False) if connects == 1 else (-1, True))
+
+
 @pytest.mark.broker
 @pytest.mark.parametrize("under_way", [True, False], ids=["under-way", "live"])
 def test_a_meter_that_starts_during_a_secure_round_sits_it_out(

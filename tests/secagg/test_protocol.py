@@ -103,6 +103,7 @@ def run_round(
     until: Stage | None = None,
     refusals: list[str] | None = None,
     prepare: bool = False,
+    gone_known: bool = False,
 ) -> Outbox:
     """Run one round; meters in ``drop[stage]`` stop answering from that stage on.
 
@@ -111,7 +112,8 @@ def run_round(
     meter that refuses a request (ProtocolError) goes silent, as over a real
     transport, and the reason is appended; without it the error propagates. With
     ``prepare``, meters prepare their masks (twice) before masking, as the agent does
-    while it trains.
+    while it trains. With ``gone_known``, the transport knows who went silent (their
+    connection dropped, say) and each stage closes before its deadline.
     """
     drop = drop or {}
     server, now = fed.server, 0.0
@@ -161,9 +163,16 @@ def run_round(
         if not server.stage_complete:
             with pytest.raises(RoundError, match="open until"):
                 server.close_stage(now)
-            now = server.deadline or now
+            if gone_known:
+                # Knowing all but one of the silent ones gone is not enough.
+                with pytest.raises(RoundError, match="open until"):
+                    server.close_stage(now, gone=sorted(server.waiting_for)[1:])
+            else:
+                now = server.deadline or now
         plaintext = {m: c.quantized for m, c in fed.clients.items() if c.quantized is not None}
-        out = server.close_stage(now, plaintext=plaintext if verify else None)
+        out = server.close_stage(
+            now, plaintext=plaintext if verify else None, gone=gone if gone_known else ()
+        )
         if out.abandoned is not None or out.result is not None:
             return out
     raise AssertionError("the round neither finished nor was abandoned")
@@ -205,6 +214,21 @@ def test_sum_is_exact_with_dropouts(n: int, fraction: float, stage: Stage) -> No
     # A sparse graph (k < n - 1) when n is large, classic SecAgg when small.
     assert p.neighbors == (9 if n == 10 else 32)
     assert res.digests.keys() == set(res.survivors)
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_a_stage_closes_before_its_deadline_once_all_it_waits_for_are_gone(
+    stage: Stage,
+) -> None:
+    fed = federation(30, _config(30, stage_timeout_s=60.0), seed=3)
+    inputs = inputs_for(fed)
+    dropped = set(random.Random(5).sample(sorted(fed.clients), 4))
+    # Every stage closes at time 0, long before its 60 s deadline.
+    out = run_round(fed, 1, inputs, {stage: dropped}, gone_known=True)
+    assert out.abandoned is None and out.result is not None
+    assert out.result.verified is True
+    counted = set(fed.clients) - dropped if stage is not Stage.UNMASK else set(fed.clients)
+    assert set(out.result.survivors) == counted
 
 
 def test_exact_on_a_sparse_graph_with_a_narrow_modulus() -> None:
