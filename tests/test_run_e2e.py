@@ -247,11 +247,13 @@ def test_crashed_meters_are_dropped_without_waiting_for_the_deadline(
         rows, summary["participants_per_round"], summary["dropouts_per_round"], strict=True
     ):
         assert float(row["wall_s"]) < 30.0, row  # no stage waited for its deadline
-        # Crashed meters reconnect at once; one may miss the next round's start.
-        assert 45 <= int(row["selected"]) == part + drop, row
+        # A crashed meter reconnects at once (tens of ms), but a round of 50 meters is
+        # over about as fast: it may miss the next one's start too. P(more than 25 of
+        # 50 vanish in one round) < 1e-3.
+        assert 25 <= int(row["selected"]) == part + drop, row
         # Secure rounds count a meter that crashed after sending its masked input as
-        # a survivor (a quarter of those vanishing). P(outside [3, 25]) < 1e-3 per round.
-        assert 3 <= drop <= 25, row
+        # a survivor (a quarter of those vanishing). P(outside [1, 25]) < 1e-3 per round.
+        assert 1 <= drop <= 25, row
     stats = summary["meter_stats"]
     assert stats["vanished"] >= 6 and stats["rejected_messages"] == 0, stats
     assert stats["proofs_bad"] == 0, stats
