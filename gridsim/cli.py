@@ -179,7 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meters.add_argument("--broker", required=True)
     meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
-    meters.add_argument("--dropout", type=float, default=0.0)
+    meters.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="probability that a selected meter vanishes in a round, at a random "
+        "protocol stage (testing)",
+    )
     _add_dropout_mode(meters)
     meters.add_argument(
         "--epsilon",
