@@ -35,7 +35,14 @@ def _parse_ids(text: str) -> list[int]:
     return sorted(ids)
 
 
-def _add_dropout_mode(p: argparse.ArgumentParser) -> None:
+def _add_dropout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="probability that a selected meter vanishes in a round, at a random "
+        "protocol stage (testing)",
+    )
     p.add_argument(
         "--dropout-mode",
         choices=DROPOUT_MODES,
@@ -150,14 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which private broker to start (auto: Mosquitto if installed)",
     )
     run.add_argument("--workers", type=int, default=1, help="processes to spread meters over")
-    run.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="probability that a selected meter vanishes in a round, at a random "
-        "protocol stage (testing)",
-    )
-    _add_dropout_mode(run)
+    _add_dropout(run)
     run.add_argument(
         "--no-centralized",
         action="store_true",
@@ -179,14 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     meters.add_argument("--broker", required=True)
     meters.add_argument("--ids", type=_parse_ids, required=True, help="e.g. 0-4999")
-    meters.add_argument(
-        "--dropout",
-        type=float,
-        default=0.0,
-        help="probability that a selected meter vanishes in a round, at a random "
-        "protocol stage (testing)",
-    )
-    _add_dropout_mode(meters)
+    _add_dropout(meters)
     meters.add_argument(
         "--epsilon",
         type=float,

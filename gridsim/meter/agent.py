@@ -65,7 +65,6 @@ class MeterAgent:
         self.dropout_mode = dropout_mode
         self._vanished = -1  # the last round this meter vanished from (--dropout)
         self._sits_out = -1  # the round it sits out after a (simulated) crash
-        self._fresh = True  # no round announcement handled since this agent started
         self.done = asyncio.Event()
         self.rounds_answered = 0
         self.rounds_vanished = 0
@@ -189,7 +188,6 @@ class MeterAgent:
             self._awaiting_proof = None
 
     def _on_announce(self, msg: codec.RoundAnnounce) -> None:
-        fresh, self._fresh = self._fresh, False
         self._check_proof_arrived(msg)
         if msg.ledger_key and self._ledger_key is None:
             try:
@@ -213,10 +211,11 @@ class MeterAgent:
             return  # already working on it, or a stale announcement
         self._current_round = msg.round
         self._sits_out = -1
-        # First connection only: after a broker restart the re-published announcement
-        # may also come retained, to a meter that holds its round and goes on.
-        first = self.connection.connects == 1
-        if fresh and first and self.connection.retained and msg.train and msg.secagg_key:
+        # Retained on the first connection: announced before this meter started. (After
+        # a broker restart the re-published announcement may come retained too, to a
+        # meter that holds its round and goes on.)
+        under_way = self.connection.retained and self.connection.connects == 1
+        if under_way and msg.train and msg.secagg_key:
             # This meter started while the secure round was under way (it restarted,
             # say): it holds nothing of the round and cannot tell how far the round
             # has gone. It sits the round out and says so, so it is not waited for.
