@@ -131,6 +131,9 @@ def shamir_split(
 def shamir_combine(shares: list[bytes]) -> bytes:
     """Reconstruct the 32-byte secret from at least t encoded shares."""
 
+def x25519_engine() -> str:
+    """Which engine computes batches of agreements here: "ifma-ladder-x8" or "edwards"."""
+
 def x25519_public_key(secret: bytes) -> bytes:
     """The public key of a 32-byte X25519 secret (RFC 7748)."""
 

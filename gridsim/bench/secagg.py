@@ -119,6 +119,7 @@ def _machine() -> dict[str, object]:
         "cpu": cpu,
         "cpus": os.cpu_count(),
         "aes_hardware": sm.aes_hardware(),
+        "x25519_engine": _core.x25519_engine(),
         # Other work on a shared machine slows the two-core numbers first.
         "load_average_1min": round(os.getloadavg()[0], 2),
     }

@@ -10,7 +10,14 @@
 //! result is all zeros (the peer sent a low-order point) is non-contributory:
 //! it is reported as `None`, and the caller must abort (RFC 7748 section 6.1).
 //!
-//! [`agree`] does not run the Montgomery ladder when it can avoid it: a peer's
+//! Batches ([`agree_many`], [`agree_derive_many`]) run on the fastest engine the
+//! CPU has ([`engine`] says which). With AVX-512 IFMA, [`ifma`] runs eight
+//! Montgomery ladders at once, one per 64-bit lane: 9.5 us of CPU per agreement
+//! against 36 us for the Edwards path below, measured on the 2-core Intel Xeon CI
+//! machine (2.3 GHz) in batches of 4,800 through `gridsim._core.x25519_derive`.
+//!
+//! Elsewhere, and for single agreements, [`agree`] does not run the Montgomery
+//! ladder when it can avoid it: a peer's
 //! u-coordinate that is on the curve maps to an Edwards point P, and for the
 //! clamped scalar k (a multiple of 8) the X25519 result is the u-coordinate of
 //! (k/8)·(8P). 8P lies in the prime-order subgroup, so the constant-time
@@ -26,9 +33,9 @@
 //! every neighbour of its owner, so a process remembers the mapped points of the
 //! public keys it has seen (public data only; the cache never sees a secret).
 //!
-//! [`agree_derive_many`] converts its Edwards results to u-coordinates sixteen at
-//! a time with one field inversion (Montgomery's trick), a sixth less per
-//! agreement than one inversion each.
+//! On that path [`agree_derive_many`] converts its Edwards results to
+//! u-coordinates sixteen at a time with one field inversion (Montgomery's trick),
+//! a sixth less per agreement than one inversion each.
 //!
 //! A shared secret is never used as a key itself: [`agree_derive_many`] stretches
 //! each one with HKDF-SHA256 (RFC 5869, no salt) into one 32-byte key per `info`
@@ -49,11 +56,11 @@ use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
 
+#[cfg(target_arch = "x86_64")]
+mod ifma;
+
 /// Bytes in an X25519 secret, public key and shared secret.
 pub const KEY_LEN: usize = 32;
-
-/// Agreements per rayon task: fewer are not worth a thread hop.
-const MIN_PER_TASK: usize = 8;
 
 /// Agreements per batch inversion in [`agree_derive_many`] (and per rayon task):
 /// the inversions saved level off while a meter's few dozen agreements still
@@ -191,12 +198,71 @@ fn clamped_eighth(secret: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
     out
 }
 
+/// How a batch of agreements is computed; every engine gives RFC 7748's answer.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    /// Eight ladders at once on AVX-512 IFMA ([`ifma`]).
+    #[cfg(target_arch = "x86_64")]
+    Ifma(ifma::Ifma),
+    /// [`agree_chunk`]: curve25519-dalek's Edwards arithmetic, one agreement at a time.
+    Edwards,
+}
+
+impl Engine {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(found) = ifma::Ifma::detect() {
+            return Engine::Ifma(found);
+        }
+        Engine::Edwards
+    }
+
+    /// Pairs per call of [`Engine::chunk`].
+    fn chunk_len(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Engine::Ifma(_) => ifma::LANES,
+            Engine::Edwards => BATCH,
+        }
+    }
+
+    /// [`agree`] of each pair of `pairs` (at most [`Engine::chunk_len`]), in order.
+    fn chunk(self, pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])]) -> Vec<Option<[u8; KEY_LEN]>> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Engine::Ifma(found) => found
+                .agree(pairs)
+                .into_iter()
+                .map(|shared| (shared != [0u8; KEY_LEN]).then_some(shared))
+                .collect(),
+            Engine::Edwards => agree_chunk(pairs),
+        }
+    }
+}
+
+/// Which engine [`agree_many`] and [`agree_derive_many`] run on this CPU:
+/// `"ifma-ladder-x8"` (eight Montgomery ladders at once on AVX-512 IFMA) or
+/// `"edwards"` (curve25519-dalek's Edwards arithmetic, one at a time).
+pub fn engine() -> &'static str {
+    match Engine::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Engine::Ifma(_) => "ifma-ladder-x8",
+        Engine::Edwards => "edwards",
+    }
+}
+
 /// [`agree`] for each `(secret, public)` pair, in order, over rayon's pool.
 pub fn agree_many(pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])]) -> Vec<Option<[u8; KEY_LEN]>> {
+    agree_many_on(Engine::detect(), pairs)
+}
+
+fn agree_many_on(
+    engine: Engine,
+    pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])],
+) -> Vec<Option<[u8; KEY_LEN]>> {
     pairs
-        .par_iter()
-        .with_min_len(MIN_PER_TASK)
-        .map(|(secret, public)| agree(secret, public))
+        .par_chunks(engine.chunk_len())
+        .flat_map_iter(|chunk| engine.chunk(chunk))
         .collect()
 }
 
@@ -223,12 +289,22 @@ pub fn agree_derive_many(
     pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])],
     infos: &[Vec<Vec<u8>>],
 ) -> Vec<Option<Vec<[u8; KEY_LEN]>>> {
+    agree_derive_many_on(Engine::detect(), pairs, infos)
+}
+
+fn agree_derive_many_on(
+    engine: Engine,
+    pairs: &[([u8; KEY_LEN], [u8; KEY_LEN])],
+    infos: &[Vec<Vec<u8>>],
+) -> Vec<Option<Vec<[u8; KEY_LEN]>>> {
     assert_eq!(pairs.len(), infos.len(), "one info list per pair");
+    let chunk = engine.chunk_len();
     pairs
-        .par_chunks(BATCH)
-        .zip(infos.par_chunks(BATCH))
+        .par_chunks(chunk)
+        .zip(infos.par_chunks(chunk))
         .flat_map_iter(|(pairs, infos)| {
-            agree_chunk(pairs)
+            engine
+                .chunk(pairs)
                 .into_iter()
                 .zip(infos)
                 .map(|(shared, infos)| {
@@ -412,10 +488,31 @@ mod tests {
             assert_eq!(*got, agree_ladder(&pairs[i].0, &pairs[i].1), "pair {i}");
         }
         let infos: Vec<Vec<Vec<u8>>> = (0..pairs.len()).map(|i| vec![vec![i as u8]]).collect();
-        for (i, keys) in agree_derive_many(&pairs, &infos).iter().enumerate() {
-            let want = agree_ladder(&pairs[i].0, &pairs[i].1).map(|s| hkdf_keys(&s, &infos[i]));
-            assert_eq!(*keys, want, "pair {i}");
+        for engine in engines() {
+            let derived = agree_derive_many_on(engine, &pairs, &infos);
+            for (i, (keys, shared)) in derived
+                .iter()
+                .zip(agree_many_on(engine, &pairs))
+                .enumerate()
+            {
+                let want = agree_ladder(&pairs[i].0, &pairs[i].1);
+                assert_eq!(shared, want, "{engine:?}: pair {i}");
+                assert_eq!(
+                    *keys,
+                    want.map(|s| hkdf_keys(&s, &infos[i])),
+                    "{engine:?}: pair {i}"
+                );
+            }
         }
+    }
+
+    /// Every engine this CPU runs, the one [`Engine::detect`] picks first.
+    fn engines() -> Vec<Engine> {
+        let mut all = vec![Engine::detect()];
+        if !matches!(all[0], Engine::Edwards) {
+            all.push(Engine::Edwards);
+        }
+        all
     }
 
     fn hex(bytes: &[u8]) -> String {

@@ -68,7 +68,15 @@ fn x25519_derive<'py>(
         .collect())
 }
 
+/// Which engine computes batches of agreements on this CPU: "ifma-ladder-x8"
+/// (eight Montgomery ladders at once on AVX-512 IFMA) or "edwards".
+#[pyfunction]
+fn x25519_engine() -> &'static str {
+    x25519::engine()
+}
+
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(x25519_engine, m)?)?;
     m.add_function(wrap_pyfunction!(x25519_public_key, m)?)?;
     m.add_function(wrap_pyfunction!(x25519_agree, m)?)?;
     m.add_function(wrap_pyfunction!(x25519_derive, m)?)?;
