@@ -67,12 +67,15 @@ impl Ifma {
         }
         // SAFETY: an `Ifma` exists only where `detect` found every feature
         // `ladder` enables.
-        let out = unsafe { ladder(&scalars, &us) };
+        let mut out = unsafe { ladder(&scalars, &us) };
         scalars.zeroize();
-        out.iter()
+        let shared = out
+            .iter()
             .take(pairs.len())
             .map(|limbs| to_bytes(*limbs))
-            .collect()
+            .collect();
+        out.zeroize(); // the shared secrets, as limbs
+        shared
     }
 }
 
@@ -262,7 +265,8 @@ fn mul(a: &Fe, b: &Fe) -> Fe {
 }
 
 /// `a * a` with 15 limb products instead of 25: each cross product is taken
-/// once and doubled. A coefficient is below 9 * 2^52 + 2 * 9 * 2^52 < 2^56.
+/// once and doubled, so every coefficient is the one [`mul`] computes (and has
+/// its bound).
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
 fn square(a: &Fe) -> Fe {
