@@ -30,6 +30,7 @@
 //! silently interpolating a wrong secret.
 
 use rand_core::RngCore;
+use zeroize::Zeroize;
 
 use crate::error::{CoreError, Result};
 
@@ -134,6 +135,40 @@ fn mul(a: u128, b: u128) -> u128 {
     }
 }
 
+/// `a * x` for a 32-bit `x` (an x-coordinate): two 64-bit products instead of
+/// four. `a * x` is below 2^159; with `a * x = hi * 2^128 + lo`, 2^128 = 2 (mod p).
+fn mul_small(a: u128, x: u32) -> u128 {
+    let x = u128::from(x);
+    let p0 = (a as u64 as u128) * x; // below 2^96
+    let p1 = (a >> 64) * x; // below 2^95
+    let (lo, carry) = p0.overflowing_add(p1 << 64);
+    let hi = (p1 >> 64) + u128::from(carry); // below 2^31 + 1
+    let r = (lo & P) + (lo >> 127) + (hi << 1); // below 2^127 + 2^33: under 2p
+    if r >= P {
+        r - P
+    } else {
+        r
+    }
+}
+
+/// The inverses of `values` (none zero), with one field inversion for all of
+/// them (Montgomery's trick: three multiplications per value).
+fn invert_all(values: &[u128]) -> Vec<u128> {
+    let mut prefix = Vec::with_capacity(values.len());
+    let mut acc = 1u128;
+    for &v in values {
+        prefix.push(acc);
+        acc = mul(acc, v);
+    }
+    let mut inv_acc = inv(acc);
+    let mut out = vec![0u128; values.len()];
+    for i in (0..values.len()).rev() {
+        out[i] = mul(inv_acc, prefix[i]);
+        inv_acc = mul(inv_acc, values[i]);
+    }
+    out
+}
+
 fn pow(mut base: u128, mut exp: u128) -> u128 {
     let mut acc = 1u128;
     while exp > 0 {
@@ -177,27 +212,32 @@ pub fn split<R: RngCore>(
         )));
     }
     check_xs(xs)?;
-    let polys: Vec<Vec<u128>> = (0..CHUNKS)
-        .map(|c| {
-            let chunk = u64::from_le_bytes(secret[8 * c..8 * c + 8].try_into().expect("8 bytes"));
-            let mut coeffs = vec![u128::from(chunk)];
-            coeffs.extend((1..threshold).map(|_| random_element(rng)));
-            coeffs
-        })
-        .collect();
-    Ok(xs
+    // coeffs[j][c]: the degree-j coefficient of chunk c's polynomial, drawn
+    // chunk by chunk as the module documentation says.
+    let mut coeffs = vec![[0u128; CHUNKS]; threshold as usize];
+    for c in 0..CHUNKS {
+        let chunk = u64::from_le_bytes(secret[8 * c..8 * c + 8].try_into().expect("8 bytes"));
+        coeffs[0][c] = u128::from(chunk);
+        for row in coeffs.iter_mut().skip(1) {
+            row[c] = random_element(rng);
+        }
+    }
+    // Horner's rule for the four chunks side by side: four independent chains of
+    // multiply-adds keep the multiplier busy where one chain waits on each result.
+    let shares = xs
         .iter()
         .map(|&x| {
-            let xf = u128::from(x);
-            let y = core::array::from_fn(|c| {
-                polys[c]
-                    .iter()
-                    .rev()
-                    .fold(0u128, |acc, &k| add(mul(acc, xf), k))
-            });
+            let mut y = [0u128; CHUNKS];
+            for row in coeffs.iter().rev() {
+                for (acc, &k) in y.iter_mut().zip(row) {
+                    *acc = add(mul_small(*acc, x), k);
+                }
+            }
             Share { threshold, x, y }
         })
-        .collect())
+        .collect();
+    coeffs.zeroize();
+    Ok(shares)
 }
 
 /// [`split`] at the x-coordinates `1..=n`.
@@ -228,33 +268,45 @@ fn check_xs(xs: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Lagrange coefficients at `z` for the points `xs`:
-/// `l_i = prod_{j != i} (z - x_j) / (x_i - x_j)`.
-fn lagrange_at(z: u128, xs: &[u128]) -> Vec<u128> {
-    let mut num = vec![1u128; xs.len()];
-    let mut den = vec![1u128; xs.len()];
+/// The values at each of `zs` of the polynomials (one per chunk) through the
+/// points `(xs[i], ys[i])`, by the barycentric form of Lagrange interpolation:
+/// with the weights `w_i = 1 / prod_{j != i} (x_i - x_j)` (computed once),
+/// `f(z) = sum_i y_i * w_i * N(z) / (z - x_i)` where `N(z) = prod_j (z - x_j)`.
+/// No `z` may equal an `x`. Cost: `t^2` multiplications for the weights, then
+/// about `10 t` per point, and two field inversions in all; a point of the
+/// textbook form costs `2 t^2`, which made checking 40 surplus shares of a
+/// 103-of-204 sharing take 7 ms.
+fn interpolate_at(xs: &[u128], ys: &[[u128; CHUNKS]], zs: &[u128]) -> Vec<[u128; CHUNKS]> {
+    let t = xs.len();
+    let mut den = vec![1u128; t];
     for (i, &xi) in xs.iter().enumerate() {
         for (j, &xj) in xs.iter().enumerate() {
             if i != j {
-                num[i] = mul(num[i], sub(z, xj));
                 den[i] = mul(den[i], sub(xi, xj));
             }
         }
     }
-    // One inversion for all denominators (Montgomery's trick).
-    let mut prefix = Vec::with_capacity(den.len());
-    let mut acc = 1u128;
-    for &d in &den {
-        prefix.push(acc);
-        acc = mul(acc, d);
-    }
-    let mut inv_acc = inv(acc);
-    let mut out = vec![0u128; xs.len()];
-    for i in (0..xs.len()).rev() {
-        out[i] = mul(num[i], mul(inv_acc, prefix[i]));
-        inv_acc = mul(inv_acc, den[i]);
-    }
-    out
+    let weights = invert_all(&den);
+    let diffs: Vec<u128> = zs
+        .iter()
+        .flat_map(|&z| xs.iter().map(move |&x| sub(z, x)))
+        .collect();
+    let inverses = invert_all(&diffs);
+    zs.iter()
+        .enumerate()
+        .map(|(m, _)| {
+            let (d, inv_d) = (&diffs[m * t..(m + 1) * t], &inverses[m * t..(m + 1) * t]);
+            let n = d.iter().fold(1u128, |acc, &v| mul(acc, v));
+            let mut out = [0u128; CHUNKS];
+            for i in 0..t {
+                let l = mul(mul(weights[i], n), inv_d[i]);
+                for (o, &y) in out.iter_mut().zip(&ys[i]) {
+                    *o = add(*o, mul(y, l));
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Reconstructs the secret from at least `t` shares of one sharing.
@@ -288,24 +340,22 @@ pub fn combine(shares: &[Share]) -> Result<[u8; SECRET_LEN]> {
     }
     let (basis, extra) = shares.split_at(t);
     let xs: Vec<u128> = basis.iter().map(|s| u128::from(s.x)).collect();
-    let interpolate = |z: u128| -> [u128; CHUNKS] {
-        let l = lagrange_at(z, &xs);
-        core::array::from_fn(|c| {
-            basis
-                .iter()
-                .zip(&l)
-                .fold(0u128, |acc, (s, &li)| add(acc, mul(s.y[c], li)))
-        })
-    };
-    for s in extra {
-        if interpolate(u128::from(s.x)) != s.y {
+    let ys: Vec<[u128; CHUNKS]> = basis.iter().map(|s| s.y).collect();
+    // The secret at 0, then every surplus share's x: all distinct from the basis'
+    // x-coordinates (checked above), so no difference is zero.
+    let zs: Vec<u128> = std::iter::once(0)
+        .chain(extra.iter().map(|s| u128::from(s.x)))
+        .collect();
+    let values = interpolate_at(&xs, &ys, &zs);
+    for (s, value) in extra.iter().zip(&values[1..]) {
+        if *value != s.y {
             return Err(CoreError::Integrity(format!(
                 "share at x = {} is inconsistent with the others",
                 s.x
             )));
         }
     }
-    let chunks = interpolate(0);
+    let chunks = values[0];
     let mut secret = [0u8; SECRET_LEN];
     for (c, &v) in chunks.iter().enumerate() {
         let v = u64::try_from(v).map_err(|_| {
@@ -368,6 +418,71 @@ mod tests {
             assert_eq!(mul(a, b), slow_mul(a, b));
             if a != 0 {
                 assert_eq!(mul(a, inv(a)), 1);
+            }
+            let x = r.next_u32();
+            assert_eq!(mul_small(a, x), slow_mul(a, u128::from(x)), "{a} * {x}");
+        }
+        for &a in &edge {
+            for x in [0, 1, 2, u32::MAX - 1, u32::MAX] {
+                assert_eq!(mul_small(a, x), slow_mul(a, u128::from(x)), "{a} * {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn barycentric_values_equal_the_textbook_lagrange_form() {
+        // Random points and polynomials, t up to 40, up to 30 evaluation points.
+        fn textbook(xs: &[u128], ys: &[u128], z: u128) -> u128 {
+            let mut total = 0;
+            for (i, (&xi, &yi)) in xs.iter().zip(ys).enumerate() {
+                let mut l = 1;
+                for (j, &xj) in xs.iter().enumerate() {
+                    if i != j {
+                        l = mul(l, mul(sub(z, xj), inv(sub(xi, xj))));
+                    }
+                }
+                total = add(total, mul(yi, l));
+            }
+            total
+        }
+        let mut r = rng(10);
+        for t in [1usize, 2, 3, 13, 40] {
+            let mut pool: Vec<u128> = Vec::new();
+            while pool.len() < t + 30 {
+                let x = u128::from(r.next_u32() | 1);
+                if !pool.contains(&x) {
+                    pool.push(x);
+                }
+            }
+            let (xs, zs) = pool.split_at(t);
+            let zs: Vec<u128> = std::iter::once(0).chain(zs.iter().copied()).collect();
+            let ys: Vec<[u128; CHUNKS]> = (0..t)
+                .map(|_| core::array::from_fn(|_| random_element(&mut r)))
+                .collect();
+            let got = interpolate_at(xs, &ys, &zs);
+            for (&z, value) in zs.iter().zip(&got) {
+                for c in 0..CHUNKS {
+                    let column: Vec<u128> = ys.iter().map(|y| y[c]).collect();
+                    assert_eq!(value[c], textbook(xs, &column, z), "t = {t}, z = {z}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_sharing_with_many_surplus_shares_reconstructs_and_checks_each() {
+        // 103 of 204, as a 30% dropout degree gives: all 150 survivors' shares in.
+        let s = secret(12);
+        let shares = split_n(&s, 103, 204, &mut rng(12)).unwrap();
+        assert_eq!(combine(&shares[20..170]).unwrap(), s);
+        // A tampered share among the first t changes the interpolated polynomial,
+        // so the first surplus share disagrees; a tampered surplus share is named.
+        for (bad, named) in [(120, 124), (169, 170)] {
+            let mut tampered = shares[20..170].to_vec();
+            tampered[bad - 20].y[3] = add(tampered[bad - 20].y[3], 1);
+            match combine(&tampered) {
+                Err(CoreError::Integrity(why)) => assert!(why.contains(&format!("x = {named}"))),
+                other => panic!("tampered share {bad} not caught: {other:?}"),
             }
         }
     }
