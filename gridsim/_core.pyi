@@ -131,6 +131,16 @@ def shamir_split(
 def shamir_combine(shares: list[bytes]) -> bytes:
     """Reconstruct the 32-byte secret from at least t encoded shares."""
 
+def chacha20poly1305_seal(
+    keys: list[bytes], nonces: list[bytes], plaintexts: list[bytes], ads: list[bytes]
+) -> list[bytes]:
+    """ChaCha20-Poly1305 (RFC 8439) of each plaintext: ``ciphertext || tag`` (GIL released)."""
+
+def chacha20poly1305_open(
+    keys: list[bytes], nonces: list[bytes], ciphertexts: list[bytes], ads: list[bytes]
+) -> list[bytes | None]:
+    """The plaintext of each ``ciphertext || tag``; None where it fails authentication."""
+
 def x25519_engine() -> str:
     """Which engine computes batches of agreements here: "ifma-ladder-x8" or "edwards"."""
 

@@ -52,9 +52,7 @@ from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from gridsim import _core
 from gridsim.exceptions import GridsimError, ProtocolError
@@ -87,6 +85,7 @@ SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
 SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
+TAG_LEN: Final = 16
 
 
 @functools.lru_cache(maxsize=64)
@@ -388,22 +387,29 @@ class SecAggClient:
             + [[share_key_info(session, r, u, v), share_key_info(session, r, v, u)] for v in live],
             live + live,
         )
-        out: list[EncryptedShare] = []
         pair_seeds: dict[int, bytes] = {}
         inbound_keys: dict[int, bytes] = {}
-        for v, s_share, k_share, (seed,), (key, inbound), nonce in zip(
+        keys: list[bytes] = []
+        plaintexts: list[bytes] = []
+        ads: list[bytes] = []
+        for v, s_share, k_share, (seed,), (key, inbound) in zip(
             live,
             seed_shares,
             key_shares,
             derived[: len(live)],
             derived[len(live) :],
-            nonces,
             strict=True,
         ):
             pair_seeds[v], inbound_keys[v] = seed, inbound
-            ad = share_ad(session, r, u, v)
-            ct = nonce + ChaCha20Poly1305(key).encrypt(nonce, s_share + k_share, ad)
-            out.append(EncryptedShare(sender=u, recipient=v, ciphertext=ct))
+            keys.append(key)
+            plaintexts.append(s_share + k_share)
+            ads.append(share_ad(session, r, u, v))
+        # Every neighbour's ciphertext in one call to the Rust core (GIL released).
+        sealed = _core.chacha20poly1305_seal(keys, nonces, plaintexts, ads)
+        out = [
+            EncryptedShare(sender=u, recipient=v, ciphertext=nonce + ct)
+            for v, nonce, ct in zip(live, nonces, sealed, strict=True)
+        ]
         self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
         reply = ShareKeys(
@@ -470,18 +476,26 @@ class SecAggClient:
         held: dict[int, tuple[bytes, bytes]] = {}
         # Every share this meter holds has the round's threshold and its own x.
         header = masking.share_header(p.threshold, self.meter + 1)
+        senders: list[int] = []
+        seen: set[int] = set()
         for es in request.shares:
             v = es.sender
-            if es.recipient != self.meter or v not in self._inbound_keys or v in held:
+            if es.recipient != self.meter or v not in self._inbound_keys or v in seen:
                 raise ProtocolError(f"unexpected or repeated share from meter {v}")
-            key = self._inbound_keys[v]
-            nonce, body = es.ciphertext[:NONCE_LEN], es.ciphertext[NONCE_LEN:]
-            try:
-                plain = ChaCha20Poly1305(key).decrypt(
-                    nonce, body, share_ad(self.session, self._last_round, v, self.meter)
-                )
-            except (InvalidTag, ValueError):
-                raise ProtocolError(f"share from meter {v} fails authentication") from None
+            if len(es.ciphertext) < NONCE_LEN + TAG_LEN:
+                raise ProtocolError(f"share from meter {v} is too short to be a ciphertext")
+            senders.append(v)
+            seen.add(v)
+        # Every share decrypted in one call to the Rust core (GIL released).
+        opened = _core.chacha20poly1305_open(
+            [self._inbound_keys[es.sender] for es in request.shares],
+            [es.ciphertext[:NONCE_LEN] for es in request.shares],
+            [es.ciphertext[NONCE_LEN:] for es in request.shares],
+            [share_ad(self.session, self._last_round, v, self.meter) for v in senders],
+        )
+        for v, plain in zip(senders, opened, strict=True):
+            if plain is None:
+                raise ProtocolError(f"share from meter {v} fails authentication")
             s_share, k_share = plain[: masking.SHARE_LEN], plain[masking.SHARE_LEN :]
             if (
                 len(plain) != 2 * masking.SHARE_LEN

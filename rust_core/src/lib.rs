@@ -3,6 +3,7 @@
 //! The algorithms live in pure Rust modules with no pyo3 in them; `bind` is the
 //! thin layer that exposes them to Python as `gridsim._core` (feature `python`).
 
+pub mod aead;
 pub mod dgauss;
 pub mod ed25519;
 pub mod error;

@@ -654,6 +654,15 @@ def test_preparing_refuses_a_tampered_share_and_keeps_nothing() -> None:
         client.prepare_masked_input(tampered)
     with pytest.raises(ProtocolError, match=f"share from meter {first.sender} fails auth"):
         client.masked_input(tampered, inputs_for(fed)[m])
+    short = msg.sign(
+        msgspec.structs.replace(
+            request,
+            shares=[msgspec.structs.replace(first, ciphertext=first.ciphertext[:20])],
+        ),
+        fed.server_key,
+    )
+    with pytest.raises(ProtocolError, match=f"share from meter {first.sender} is too short"):
+        client.prepare_masked_input(short)
     # The genuine request still works, and masks prepared for it are used once.
     client.prepare_masked_input(request)
     reply = client.masked_input(request, inputs_for(fed)[m])

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 use crate::error::CoreError;
 
+mod aead;
 mod dgauss;
 mod ed25519;
 mod fedavg;
@@ -55,6 +56,7 @@ pub(crate) fn same_lengths(py: Python<'_>, expected: usize, got: &[usize]) -> Py
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    aead::register(m)?;
     fedavg::register(m)?;
     merkle::register(m)?;
     dgauss::register(m)?;

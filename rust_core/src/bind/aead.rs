@@ -1,0 +1,70 @@
+//! Bindings of batched ChaCha20-Poly1305 (`aead`).
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::{fixed, same_lengths};
+use crate::aead::{self, Item, KEY_LEN, NONCE_LEN};
+
+/// The items of one batch call, keys and nonces checked for length.
+fn items<'a>(
+    py: Python<'_>,
+    keys: &'a [Vec<u8>],
+    nonces: &'a [Vec<u8>],
+    data: &'a [Vec<u8>],
+    ads: &'a [Vec<u8>],
+) -> PyResult<Vec<Item<'a>>> {
+    same_lengths(py, keys.len(), &[nonces.len(), data.len(), ads.len()])?;
+    keys.iter()
+        .zip(nonces)
+        .zip(data.iter().zip(ads))
+        .map(|((key, nonce), (data, ad))| {
+            Ok(Item {
+                key: fixed::<KEY_LEN>(py, "AEAD key", key)?,
+                nonce: fixed::<NONCE_LEN>(py, "AEAD nonce", nonce)?,
+                data,
+                ad,
+            })
+        })
+        .collect()
+}
+
+/// ChaCha20-Poly1305 (RFC 8439) of each `plaintexts[i]` under `keys[i]`,
+/// `nonces[i]` and associated data `ads[i]`: `ciphertext || tag`, in order,
+/// computed with the GIL released.
+#[pyfunction]
+fn chacha20poly1305_seal<'py>(
+    py: Python<'py>,
+    keys: Vec<Vec<u8>>,
+    nonces: Vec<Vec<u8>>,
+    plaintexts: Vec<Vec<u8>>,
+    ads: Vec<Vec<u8>>,
+) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    let items = items(py, &keys, &nonces, &plaintexts, &ads)?;
+    let sealed = py.detach(|| aead::seal_many(&items));
+    Ok(sealed.iter().map(|c| PyBytes::new(py, c)).collect())
+}
+
+/// The plaintext of each `ciphertexts[i]` (`ciphertext || tag`), in order; None
+/// where it fails authentication. Computed with the GIL released.
+#[pyfunction]
+fn chacha20poly1305_open<'py>(
+    py: Python<'py>,
+    keys: Vec<Vec<u8>>,
+    nonces: Vec<Vec<u8>>,
+    ciphertexts: Vec<Vec<u8>>,
+    ads: Vec<Vec<u8>>,
+) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
+    let items = items(py, &keys, &nonces, &ciphertexts, &ads)?;
+    let opened = py.detach(|| aead::open_many(&items));
+    Ok(opened
+        .iter()
+        .map(|p| p.as_ref().map(|p| PyBytes::new(py, p)))
+        .collect())
+}
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(chacha20poly1305_seal, m)?)?;
+    m.add_function(wrap_pyfunction!(chacha20poly1305_open, m)?)?;
+    Ok(())
+}
