@@ -15,7 +15,7 @@ import logging
 import random
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aiomqtt
@@ -76,6 +76,46 @@ def _write_at_once(client: aiomqtt.Client) -> None:
     paho.on_socket_register_write = register_write
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client with constant-time bookkeeping of pending calls.
+
+    aiomqtt 2.x checks each new call's message id against every pending call, and
+    counts them for a warning, by walking a generator over its three dicts of
+    pending calls: O(n) per publish, O(n^2) for a fan-out of n messages published
+    at once (the aggregator's receipts and SecAgg+ requests, 500 at a time). The
+    same checks, on the dicts directly. A fan-out of 3-kB messages over Mosquitto
+    (publisher and subscriber on one loop, CPU of the loop's thread): 5,000
+    messages 1.77 -> 0.89 s, 2,000 about 390 -> 300 ms; at 500 the difference is
+    within the noise. This overrides a private method of aiomqtt 2.x, which
+    is pinned.
+    """
+
+    def _pending_count(self) -> int:
+        return (
+            len(self._pending_subscribes)
+            + len(self._pending_unsubscribes)
+            + len(self._pending_publishes)
+        )
+
+    @contextlib.contextmanager
+    def _pending_call(self, mid: int, value: Any, pending_dict: dict[int, Any]) -> Iterator[None]:
+        if (
+            mid in self._pending_publishes
+            or mid in self._pending_subscribes
+            or mid in self._pending_unsubscribes
+        ):
+            raise RuntimeError(f'There already exists a pending call for message ID "{mid}"')
+        pending_dict[mid] = value
+        try:
+            pending = self._pending_count()
+            if pending > self.pending_calls_threshold:
+                self._logger.warning("There are %d pending publish calls.", pending)
+            yield
+        finally:
+            with contextlib.suppress(KeyError):
+                del pending_dict[mid]
+
+
 class Connection:
     def __init__(
         self,
@@ -109,7 +149,7 @@ class Connection:
 
     def _make_client(self) -> aiomqtt.Client:
         tls_params = aiomqtt.TLSParameters() if self.address.tls else None
-        client = aiomqtt.Client(
+        client = _Client(
             self.address.host,
             self.address.port,
             username=self.address.username,

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
+
 from gridsim.transport.broker import BrokerAddress
-from gridsim.transport.mqtt import Connection
+from gridsim.transport.mqtt import Connection, _Client
 
 
 async def _burst(address: BrokerAddress, sizes: list[int]) -> tuple[list[bytes], list[bytes]]:
@@ -44,3 +46,23 @@ def test_a_burst_of_small_and_large_publishes_arrives_whole_and_in_order(
     sizes = [16, 300_000, 10, 1_000_000, 64] * 20
     sent, received = asyncio.run(_burst(mosquitto, sizes))
     assert received == sent
+
+
+def test_pending_calls_are_tracked_per_message_id() -> None:
+    # The constant-time bookkeeping keeps aiomqtt's rule: one pending call per
+    # message id across publishes and subscriptions, freed when the call ends.
+    async def check() -> None:
+        client = _Client("127.0.0.1", 1)  # never connected
+        with client._pending_call(7, "publish", client._pending_publishes):
+            with (
+                pytest.raises(RuntimeError, match='message ID "7"'),
+                client._pending_call(7, "subscribe", client._pending_subscribes),
+            ):
+                pass
+            with client._pending_call(8, "subscribe", client._pending_subscribes):
+                assert client._pending_count() == 2
+        assert client._pending_count() == 0
+        with client._pending_call(7, "again", client._pending_publishes):
+            assert list(client._pending_publishes) == [7]
+
+    asyncio.run(check())
