@@ -108,3 +108,15 @@ def test_leading_zero_sizes_are_refused_even_when_signed() -> None:
     text = TreeHead(ORIGIN, 3, ROOT, None, 5).text().replace("\n3\n", "\n03\n")
     with pytest.raises(MessageError, match="canonical decimal"):
         verify_head(signer().sign(text).encode(), signer().verifier)
+
+
+@pytest.mark.parametrize("control", ["\x00", "\t", "\r", "\x1b", "\x1f"])
+def test_a_note_with_a_control_character_is_refused(control: str) -> None:
+    # Newlines end lines; any other character below 0x20 is refused, whether it
+    # is signed or arrives in a note.
+    with pytest.raises(MessageError, match="control character"):
+        signer().sign(f"{ORIGIN}\n1{control}\n")
+    note = sign_head(TreeHead(ORIGIN, 3, ROOT, None, 5), signer()).note
+    with pytest.raises(MessageError, match="control character"):
+        parse_note(note.replace(b"\n3\n", f"\n3{control}\n".encode()))
+    assert signer().sign(f"{ORIGIN}\n1 \x7f\u00e9\n").startswith(ORIGIN)
