@@ -13,7 +13,8 @@
 //! Batches ([`agree_many`], [`agree_derive_many`]) run on the fastest engine the
 //! CPU has ([`engine`] says which). With AVX-512 IFMA, [`ifma`] runs eight
 //! Montgomery ladders at once, one per 64-bit lane: 9.5 us of CPU per agreement
-//! against 36 us for the Edwards path below, measured on the 2-core Intel Xeon CI
+//! against 36 us for the Edwards path below (on dalek's IFMA backend, as built
+//! here; the 18 us in `.cargo/config.toml` is the Zen 4 figure), measured on the 2-core Intel Xeon CI
 //! machine (2.3 GHz) in batches of 4,800 through `gridsim._core.x25519_derive`.
 //!
 //! Elsewhere, and for single agreements, [`agree`] does not run the Montgomery
@@ -62,7 +63,8 @@ mod ifma;
 /// Bytes in an X25519 secret, public key and shared secret.
 pub const KEY_LEN: usize = 32;
 
-/// Agreements per batch inversion in [`agree_derive_many`] (and per rayon task):
+/// Agreements per batch inversion on the Edwards path of [`agree_derive_many`]
+/// (and per rayon task there; the IFMA engine takes [`ifma::LANES`] per task):
 /// the inversions saved level off while a meter's few dozen agreements still
 /// spread over both cores.
 const BATCH: usize = 16;

@@ -66,3 +66,16 @@ def test_pending_calls_are_tracked_per_message_id() -> None:
             assert list(client._pending_publishes) == [7]
 
     asyncio.run(check())
+
+
+def test_the_override_replaces_a_method_aiomqtt_still_has() -> None:
+    # _Client overrides a private method of aiomqtt; if aiomqtt renamed or
+    # reshaped it, the override would silently stop being used.
+    import inspect
+
+    import aiomqtt
+
+    original = vars(aiomqtt.Client).get("_pending_call")
+    assert original is not None, "aiomqtt.Client no longer defines _pending_call"
+    ours = vars(_Client)["_pending_call"]
+    assert list(inspect.signature(original).parameters) == list(inspect.signature(ours).parameters)

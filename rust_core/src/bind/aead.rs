@@ -2,6 +2,7 @@
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use zeroize::Zeroize;
 
 use super::{fixed, same_lengths};
 use crate::aead::{self, Item, KEY_LEN, NONCE_LEN};
@@ -37,11 +38,17 @@ fn chacha20poly1305_seal<'py>(
     py: Python<'py>,
     keys: Vec<Vec<u8>>,
     nonces: Vec<Vec<u8>>,
-    plaintexts: Vec<Vec<u8>>,
+    mut plaintexts: Vec<Vec<u8>>,
     ads: Vec<Vec<u8>>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let items = items(py, &keys, &nonces, &plaintexts, &ads)?;
-    let sealed = py.detach(|| aead::seal_many(&items));
+    let mut keys = keys;
+    let sealed = {
+        let items = items(py, &keys, &nonces, &plaintexts, &ads)?;
+        py.detach(|| aead::seal_many(&items))
+    };
+    // The copies of the keys and plaintexts (Shamir shares) are wiped.
+    keys.zeroize();
+    plaintexts.zeroize();
     Ok(sealed.iter().map(|c| PyBytes::new(py, c)).collect())
 }
 
@@ -55,12 +62,19 @@ fn chacha20poly1305_open<'py>(
     ciphertexts: Vec<Vec<u8>>,
     ads: Vec<Vec<u8>>,
 ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
-    let items = items(py, &keys, &nonces, &ciphertexts, &ads)?;
-    let opened = py.detach(|| aead::open_many(&items));
-    Ok(opened
+    let mut keys = keys;
+    let mut opened = {
+        let items = items(py, &keys, &nonces, &ciphertexts, &ads)?;
+        py.detach(|| aead::open_many(&items))
+    };
+    let out = opened
         .iter()
         .map(|p| p.as_ref().map(|p| PyBytes::new(py, p)))
-        .collect())
+        .collect();
+    // The copies of the keys and plaintexts (Shamir shares) are wiped.
+    keys.zeroize();
+    opened.iter_mut().flatten().for_each(|p| p.zeroize());
+    Ok(out)
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
