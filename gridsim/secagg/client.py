@@ -476,19 +476,17 @@ class SecAggClient:
         held: dict[int, tuple[bytes, bytes]] = {}
         # Every share this meter holds has the round's threshold and its own x.
         header = masking.share_header(p.threshold, self.meter + 1)
-        senders: list[int] = []
+        senders = [es.sender for es in request.shares]
         seen: set[int] = set()
-        for es in request.shares:
-            v = es.sender
+        for v, es in zip(senders, request.shares, strict=True):
             if es.recipient != self.meter or v not in self._inbound_keys or v in seen:
                 raise ProtocolError(f"unexpected or repeated share from meter {v}")
             if len(es.ciphertext) < NONCE_LEN + TAG_LEN:
                 raise ProtocolError(f"share from meter {v} is too short to be a ciphertext")
-            senders.append(v)
             seen.add(v)
         # Every share decrypted in one call to the Rust core (GIL released).
         opened = _core.chacha20poly1305_open(
-            [self._inbound_keys[es.sender] for es in request.shares],
+            [self._inbound_keys[v] for v in senders],
             [es.ciphertext[:NONCE_LEN] for es in request.shares],
             [es.ciphertext[NONCE_LEN:] for es in request.shares],
             [share_ad(self.session, self._last_round, v, self.meter) for v in senders],

@@ -27,19 +27,26 @@ pub struct Item<'a> {
     pub ad: &'a [u8],
 }
 
+impl Item<'_> {
+    fn cipher(&self) -> ChaCha20Poly1305 {
+        ChaCha20Poly1305::new(self.key.into())
+    }
+
+    fn payload(&self) -> Payload<'_, '_> {
+        Payload {
+            msg: self.data,
+            aad: self.ad,
+        }
+    }
+}
+
 /// `ciphertext || tag` of each item's plaintext, in order.
 pub fn seal_many(items: &[Item<'_>]) -> Vec<Vec<u8>> {
     items
         .iter()
         .map(|it| {
-            ChaCha20Poly1305::new(it.key.into())
-                .encrypt(
-                    it.nonce.into(),
-                    Payload {
-                        msg: it.data,
-                        aad: it.ad,
-                    },
-                )
+            it.cipher()
+                .encrypt(it.nonce.into(), it.payload())
                 .expect("a ChaCha20-Poly1305 plaintext below 256 GiB always encrypts")
         })
         .collect()
@@ -51,17 +58,7 @@ pub fn seal_many(items: &[Item<'_>]) -> Vec<Vec<u8>> {
 pub fn open_many(items: &[Item<'_>]) -> Vec<Option<Vec<u8>>> {
     items
         .iter()
-        .map(|it| {
-            ChaCha20Poly1305::new(it.key.into())
-                .decrypt(
-                    it.nonce.into(),
-                    Payload {
-                        msg: it.data,
-                        aad: it.ad,
-                    },
-                )
-                .ok()
-        })
+        .map(|it| it.cipher().decrypt(it.nonce.into(), it.payload()).ok())
         .collect()
 }
 

@@ -292,9 +292,8 @@ fn interpolate_at(xs: &[u128], ys: &[[u128; CHUNKS]], zs: &[u128]) -> Vec<[u128;
         .flat_map(|&z| xs.iter().map(move |&x| sub(z, x)))
         .collect();
     let inverses = invert_all(&diffs);
-    zs.iter()
-        .enumerate()
-        .map(|(m, _)| {
+    (0..zs.len())
+        .map(|m| {
             let (d, inv_d) = (&diffs[m * t..(m + 1) * t], &inverses[m * t..(m + 1) * t]);
             let n = d.iter().fold(1u128, |acc, &v| mul(acc, v));
             let mut out = [0u128; CHUNKS];

@@ -325,7 +325,7 @@ fn agree_derive_many_on(
 mod tests {
     use super::*;
 
-    fn unhex(s: &str) -> [u8; KEY_LEN] {
+    pub(super) fn unhex(s: &str) -> [u8; KEY_LEN] {
         let v: Vec<u8> = (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
@@ -367,7 +367,7 @@ mod tests {
     }
 
     /// A deterministic stream of test bytes (xorshift64).
-    fn bytes(state: &mut u64) -> [u8; KEY_LEN] {
+    pub(super) fn bytes(state: &mut u64) -> [u8; KEY_LEN] {
         let mut out = [0u8; KEY_LEN];
         for b in out.iter_mut() {
             *state ^= *state << 13;

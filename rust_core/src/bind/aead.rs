@@ -36,12 +36,11 @@ fn items<'a>(
 #[pyfunction]
 fn chacha20poly1305_seal<'py>(
     py: Python<'py>,
-    keys: Vec<Vec<u8>>,
+    mut keys: Vec<Vec<u8>>,
     nonces: Vec<Vec<u8>>,
     mut plaintexts: Vec<Vec<u8>>,
     ads: Vec<Vec<u8>>,
 ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    let mut keys = keys;
     let sealed = {
         let items = items(py, &keys, &nonces, &plaintexts, &ads)?;
         py.detach(|| aead::seal_many(&items))
@@ -57,12 +56,11 @@ fn chacha20poly1305_seal<'py>(
 #[pyfunction]
 fn chacha20poly1305_open<'py>(
     py: Python<'py>,
-    keys: Vec<Vec<u8>>,
+    mut keys: Vec<Vec<u8>>,
     nonces: Vec<Vec<u8>>,
     ciphertexts: Vec<Vec<u8>>,
     ads: Vec<Vec<u8>>,
 ) -> PyResult<Vec<Option<Bound<'py, PyBytes>>>> {
-    let mut keys = keys;
     let mut opened = {
         let items = items(py, &keys, &nonces, &ciphertexts, &ads)?;
         py.detach(|| aead::open_many(&items))

@@ -231,12 +231,18 @@ fn sub(a: &Fe, b: &Fe) -> Fe {
     }))
 }
 
-/// Folds the ten coefficients `z` (weights 2^(51k)) of a product into five
-/// limbs: `z[k] + 19 * z[k + 5]`, then [`carry`]. Every `z[k]` is below 2^56,
-/// so the folded ones are below 2^61.
+/// The product whose limb products left their low halves in `lo` (at weight
+/// `2^(51k)`) and high halves in `hi` (at twice weight `2^(51(k+1))`), as five
+/// limbs: the ten coefficients `z[k] = lo[k] + 2 hi[k - 1]`, each below 2^56,
+/// folded as `z[k] + 19 z[k + 5]` (below 2^61), then [`carry`].
 #[inline]
 #[target_feature(enable = "avx512f,avx512dq,avx512ifma")]
-fn fold(z: [__m512i; 10]) -> Fe {
+fn reduce_halves(lo: [__m512i; 9], hi: [__m512i; 9]) -> Fe {
+    let z: [__m512i; 10] = std::array::from_fn(|k| match k {
+        0 => lo[0],
+        9 => _mm512_slli_epi64::<1>(hi[8]),
+        _ => _mm512_add_epi64(lo[k], _mm512_slli_epi64::<1>(hi[k - 1])),
+    });
     let nineteen = splat(19);
     carry(std::array::from_fn(|k| {
         _mm512_add_epi64(z[k], _mm512_mullo_epi64(z[k + 5], nineteen))
@@ -259,11 +265,7 @@ fn mul(a: &Fe, b: &Fe) -> Fe {
             hi[i + j] = _mm512_madd52hi_epu64(hi[i + j], a.0[i], b.0[j]);
         }
     }
-    fold(std::array::from_fn(|k| match k {
-        0 => lo[0],
-        9 => _mm512_slli_epi64::<1>(hi[8]),
-        _ => _mm512_add_epi64(lo[k], _mm512_slli_epi64::<1>(hi[k - 1])),
-    }))
+    reduce_halves(lo, hi)
 }
 
 /// `a * a` with 15 limb products instead of 25: each cross product is taken
@@ -287,11 +289,7 @@ fn square(a: &Fe) -> Fe {
         std::array::from_fn(|k| _mm512_add_epi64(lo[k], _mm512_slli_epi64::<1>(clo[k])));
     let hi: [__m512i; 9] =
         std::array::from_fn(|k| _mm512_add_epi64(hi[k], _mm512_slli_epi64::<1>(chi[k])));
-    fold(std::array::from_fn(|k| match k {
-        0 => lo[0],
-        9 => _mm512_slli_epi64::<1>(hi[8]),
-        _ => _mm512_add_epi64(lo[k], _mm512_slli_epi64::<1>(hi[k - 1])),
-    }))
+    reduce_halves(lo, hi)
 }
 
 /// `a` squared `n` times.
@@ -403,28 +401,8 @@ fn ladder(scalars: &[[u64; 4]; LANES], us: &[[u64; 5]; LANES]) -> [[u64; 5]; LAN
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{bytes, unhex};
     use super::*;
-
-    fn unhex(s: &str) -> [u8; KEY_LEN] {
-        let v: Vec<u8> = (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
-    }
-
-    /// SplitMix64, so the random cases are the same on every run.
-    fn bytes(state: &mut u64) -> [u8; KEY_LEN] {
-        let mut out = [0u8; KEY_LEN];
-        for chunk in out.chunks_exact_mut(8) {
-            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-        }
-        out
-    }
 
     fn reference(secret: &[u8; KEY_LEN], public: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
         x25519_dalek::x25519(*secret, *public)
