@@ -13,24 +13,42 @@ use crate::error::CoreError;
 use crate::prg::{self, MaskContext, MaskStream, MaskWord, Sign, SEED_LEN};
 use crate::quant::{self, Quantizer};
 use crate::shamir::{self, Share};
+use zeroize::Zeroize;
 
 fn invalid(py: Python<'_>, msg: String) -> PyErr {
     to_py_err(py, CoreError::InvalidArgument(msg))
 }
 
+/// A 32-byte CSPRNG seed: `seed` itself, or fresh bytes from the OS when None.
+fn rng_seed(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<[u8; 32]> {
+    match seed {
+        Some(s) => s
+            .try_into()
+            .map_err(|_| invalid(py, format!("a CSPRNG seed is 32 bytes, got {}", s.len()))),
+        None => {
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key)
+                .map_err(|e| PyOSError::new_err(format!("OS randomness unavailable: {e}")))?;
+            Ok(key)
+        }
+    }
+}
+
 /// A ChaCha20 CSPRNG from a 32-byte seed, or from the OS when `seed` is None.
 fn csprng(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<ChaCha20Rng> {
-    let mut key = [0u8; 32];
-    match seed {
-        Some(s) => {
-            key = s
-                .try_into()
-                .map_err(|_| invalid(py, format!("a CSPRNG seed is 32 bytes, got {}", s.len())))?;
-        }
-        None => getrandom::getrandom(&mut key)
-            .map_err(|e| PyOSError::new_err(format!("OS randomness unavailable: {e}")))?,
-    }
-    Ok(ChaCha20Rng::from_seed(key))
+    let mut key = rng_seed(py, seed)?;
+    let rng = ChaCha20Rng::from_seed(key);
+    key.zeroize();
+    Ok(rng)
+}
+
+/// The quantiser's CSPRNG (one word per value rounded): the AES-256-CTR keystream
+/// generator ([`prg::KeystreamRng`]) of a 32-byte seed, or of one from the OS.
+fn rounding_rng(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<prg::KeystreamRng> {
+    let mut key = rng_seed(py, seed)?;
+    let rng = prg::KeystreamRng::from_seed(key);
+    key.zeroize();
+    Ok(rng)
 }
 
 fn mask_streams(
@@ -183,7 +201,7 @@ fn quantize_u32<'py>(
     seed: Option<&[u8]>,
 ) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
     let q = quantizer(py, clip, scale, bits)?;
-    let mut rng = csprng(py, seed)?;
+    let mut rng = rounding_rng(py, seed)?;
     let x = x.as_slice()?;
     let (out, saturated) = py
         .detach(|| {
@@ -206,7 +224,7 @@ fn quantize_u64<'py>(
     seed: Option<&[u8]>,
 ) -> PyResult<(Bound<'py, PyArray1<u64>>, usize)> {
     let q = quantizer(py, clip, scale, bits)?;
-    let mut rng = csprng(py, seed)?;
+    let mut rng = rounding_rng(py, seed)?;
     let x = x.as_slice()?;
     let (out, saturated) = py
         .detach(|| {
