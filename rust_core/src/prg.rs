@@ -434,9 +434,7 @@ fn expand_part_portable<W: MaskWord>(acc: &mut [W], first_block: u128, keys: &[(
     }
 }
 
-/// One meter's masking at benchmark size, for a quick look without Python:
-/// `cargo test --release -p gridsim-core -- --ignored --nocapture prg_speed`.
-/// Domain of [`KeystreamRng`]'s keys: its keystreams are never mask keystreams.
+/// Session of [`KeystreamRng`]'s key derivations: a context of its own, apart from the masks'.
 const RNG_SESSION: &[u8] = b"gridsim/keystream-rng/v1";
 
 /// Words [`KeystreamRng`] expands at a time (8 KiB of keystream).
@@ -449,7 +447,7 @@ const RNG_CHUNK_WORDS: usize = 1024;
 /// its own ([`derive_key`] with the session `gridsim/keystream-rng/v1`), so it
 /// shares no keystream with any mask. It runs at the mask engine's speed (tens of
 /// GB/s with VAES) where rand_chacha's ChaCha20 gives about 1 GB/s: quantising
-/// 7,876 values took 80 us, nearly all of it drawing random words.
+/// 7,876 values takes 26 us with it and took 52 us with ChaCha20 (same run, Zen 5).
 pub struct KeystreamRng {
     seed: Seed,
     chunk: u64,
@@ -525,6 +523,8 @@ impl rand_core::RngCore for KeystreamRng {
 
 impl rand_core::CryptoRng for KeystreamRng {}
 
+/// One meter's masking at benchmark size, for a quick look without Python:
+/// `cargo test --release -p gridsim-core -- --ignored --nocapture prg_speed`.
 #[cfg(test)]
 #[test]
 #[ignore = "timing, not a check"]
@@ -1124,7 +1124,7 @@ mod tests {
             );
         }
         assert_eq!(got, want[..got.len()]);
-        // It is no mask stream: the same seed's mask (any round, vector 0) differs.
+        // It is not the seed's mask stream 0 of another context.
         let mut mask = vec![0u64; 4];
         let stream = MaskStream {
             seed: s,
