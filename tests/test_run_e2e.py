@@ -273,6 +273,42 @@ def test_meters_left_out_of_a_secure_round_ignore_its_requests(
     assert summary["meter_stats"]["rejected_messages"] == 0, summary["meter_stats"]
 
 
+@pytest.mark.parametrize("offload_above", [1, None])
+def test_meters_share_on_the_loop_or_in_threads_by_degree_with_exact_sums(
+    tmp_path: Path,
+    mosquitto: BrokerAddress,
+    monkeypatch: pytest.MonkeyPatch,
+    offload_above: int | None,
+) -> None:
+    """Above OFFLOAD_MIN_NEIGHBORS neighbours a meter shares and prepares its masks in
+    a worker thread, at or below on the event loop; every sum is exact either way,
+    with meters crashing at random stages."""
+    from gridsim.meter import agent
+
+    if offload_above is not None:
+        monkeypatch.setattr(agent, "OFFLOAD_MIN_NEIGHBORS", offload_above)
+    offloaded: list[str] = []
+    to_thread = agent.asyncio.to_thread
+
+    async def counting(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        offloaded.append(getattr(func, "__name__", ""))
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(agent.asyncio, "to_thread", counting)
+    summary = run(_cfg(tmp_path, mosquitto, meters=20, rounds=2, dropout=0.1))
+    sa = summary["secagg"]
+    assert sa["verified_rounds"] == 2 and sa["verify_failures"] == 0, sa
+    shared = offloaded.count("share_keys") + offloaded.count("prepare_masked_input")
+    if offload_above is None:
+        # 20 meters have far fewer than 64 neighbours: all of it on the loop.
+        assert shared == 0, offloaded
+    else:
+        # Both stages of every meter that reached them: 20 meters, two rounds, few dropouts.
+        assert (
+            offloaded.count("share_keys") >= 20 and offloaded.count("prepare_masked_input") >= 20
+        ), offloaded
+
+
 def test_too_many_dropouts_abandon_the_round_and_the_run_goes_on(
     tmp_path: Path, mosquitto: BrokerAddress
 ) -> None:

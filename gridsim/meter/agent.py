@@ -7,7 +7,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 import aiomqtt
 import msgspec
@@ -34,6 +34,10 @@ from gridsim.transport.mqtt import Connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
+
+OFFLOAD_MIN_NEIGHBORS: Final = 64
+"""Above this many neighbours a meter shares and prepares its masks in a worker
+thread (see :meth:`MeterAgent._on_secagg`); at or below, on the event loop."""
 # One limiter for all meters of a process: garbage reaches every meter at once.
 DROPS = DropLog(log)
 
@@ -429,22 +433,33 @@ class MeterAgent:
             return
         try:
             # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
-            # Sharing and mask preparation run here on the loop, not in a worker
-            # thread: each is a fraction of a millisecond at degree 24, the other
-            # core is busy training meanwhile, and a thread hop per meter and stage
-            # cost more in executor bookkeeping and GIL hand-overs than it saved
-            # (secure round of 500 meters on 2 cores 1.72 -> 1.67 s, CPU 2.70 ->
-            # 2.60 s: medians of five alternating 8-round runs, Zen 5).
+            # Sharing and mask preparation run on the loop at SecAgg+ degrees: each
+            # is a fraction of a millisecond at degree 24, the other core is busy
+            # training meanwhile, and a thread hop per meter and stage cost more in
+            # executor bookkeeping and GIL hand-overs than it saved (secure round of
+            # 500 meters on 2 cores 1.72 -> 1.67 s, CPU 2.70 -> 2.60 s: medians of
+            # five alternating 8-round runs, Zen 5). At large degrees their key
+            # agreements and mask expansion, which release the GIL, take
+            # milliseconds and outlast the training: in a worker thread they use
+            # the other core (classic SecAgg, 500 meters: 10.0 s a round on the
+            # loop, 8.1 s in threads).
+            offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
             reply: sa.MeterMessage
             if isinstance(msg, sa.ShareRequest):
-                reply = client.share_keys(msg)
+                if offload:
+                    reply = await asyncio.to_thread(client.share_keys, msg)
+                else:
+                    reply = client.share_keys(msg)
             elif isinstance(msg, sa.MaskedInputRequest):
                 if msg.recipient != self.meter or msg.round != self._trained_round:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
                 # Shares and masks while the training runs; afterwards masking is one
                 # addition.
-                client.prepare_masked_input(msg)
+                if offload:
+                    await asyncio.to_thread(client.prepare_masked_input, msg)
+                else:
+                    client.prepare_masked_input(msg)
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
 
                 def report(digest: bytes, saturated: int) -> bytes:
