@@ -395,6 +395,7 @@ async def run_federation(
         plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
         # Meters elsewhere (--workers) would go uncounted: no figure then.
         cpu_clock=pool.cpu_s if pool is not None else None,
+        trained_clock=(lambda: pool.trained_at) if pool is not None else None,
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
@@ -488,6 +489,7 @@ def _rounds_table(results: list[codec.RoundResult]) -> list[dict[str, Any]]:
                 "transport_s": max(0.0, r.wall_s - r.train_s - r.aggregate_s),
                 "cpu_s": r.cpu_s,
                 "loop_cpu_s": r.loop_cpu_s,
+                "train_done_s": r.train_done_s,
                 **{f"secagg_{stage}_s": r.stages_s.get(stage) for stage in SECAGG_STAGES},
                 "model_hash": r.model_hash,
             }

@@ -508,6 +508,11 @@ def test_results_are_valid_numbers(tmp_path: Path, mosquitto: BrokerAddress) -> 
     summary = run(_cfg(tmp_path, mosquitto, meters=8, rounds=1))
     model = np.load(Path(summary["out"]) / "model.npy")
     assert model.shape == (7876,) and np.isfinite(model).all()
+    (row,) = _rounds_csv(Path(summary["out"]))
+    # The training batch finished inside the round, before its SecAgg+ unmasking
+    # stage opened (which needs every masked input, so every meter's training).
+    wall, done = float(row["wall_s"]), float(row["train_done_s"])
+    assert 0 < done < wall - float(row["secagg_unmask_s"]), row
 
 
 def test_a_killed_aggregator_is_replaced_and_the_meters_carry_on(

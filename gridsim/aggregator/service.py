@@ -109,9 +109,13 @@ class Aggregator:
         plaintext: Callable[[int], Mapping[int, MaskArray]] | None = None,
         state_dir: Path | None = None,
         cpu_clock: Callable[[], float] | None = None,
+        trained_clock: Callable[[], float | None] | None = None,
     ) -> None:
         self.config = config
         self.cpu_clock = cpu_clock
+        # When (perf_counter) the meters' last training batch finished, if they
+        # train in this process: for the round's train_done_s.
+        self.trained_clock = trained_clock
         """CPU seconds used so far by everything a round runs (None: not measured)."""
         self.topics = Topics(config.session)
         self.model = initial_model
@@ -549,8 +553,10 @@ class Aggregator:
             else self.cpu_clock() - cpu_started
         )
         loop_cpu = time.thread_time() - loop_started
+        trained = None if self.trained_clock is None else self.trained_clock()
+        train_done = None if trained is None or trained < started else trained - started
         await self._publish_result(
-            outcome, wall, self._stage_times if secure else {}, cpu, loop_cpu
+            outcome, wall, self._stage_times if secure else {}, cpu, loop_cpu, train_done
         )
         return outcome
 
@@ -735,6 +741,7 @@ class Aggregator:
         stages_s: dict[str, float],
         cpu_s: float | None = None,
         loop_cpu_s: float | None = None,
+        train_done_s: float | None = None,
     ) -> None:
         metrics = outcome.eval.metrics() or {}
         result = codec.RoundResult(
@@ -759,6 +766,7 @@ class Aggregator:
             stages_s=stages_s,
             cpu_s=cpu_s,
             loop_cpu_s=loop_cpu_s,
+            train_done_s=train_done_s,
         )
         self.results.append(result)
         if self.on_result is not None:

@@ -144,6 +144,17 @@ def _system(
             statistics.median(float(r["loop_cpu_s"]) / float(r["wall_s"]) for r in rows)
         ),
         "median_stage_s": stages,
+        # When the meters' training batch finished, seconds into the round, and what
+        # the round took after it (uploads, SecAgg+ unmasking, ledger): before it
+        # the two cores are shared with the training, after it one event loop runs.
+        "median_train_done_s": (
+            _median(rows, "train_done_s") if all(r["train_done_s"] for r in rows) else None
+        ),
+        "median_after_training_s": (
+            float(statistics.median(float(r["wall_s"]) - float(r["train_done_s"]) for r in rows))
+            if all(r["train_done_s"] for r in rows)
+            else None
+        ),
         # The plain protocol's count (one announcement, two messages per
         # participant); a secure round's dozen per meter are not counted, so no
         # figure rather than a wrong one.

@@ -156,6 +156,8 @@ class TrainingPool:
         self._batches: dict[tuple[int, bool], _Batch] = {}
         self._compute = asyncio.Lock()
         self._frozen = False
+        self.trained_at: float | None = None
+        """When (``time.perf_counter``) the last training batch finished."""
 
     def _children(self) -> list[ProcessPoolExecutor]:
         """The child processes' executors, started (or restarted after a crash) on demand."""
@@ -310,6 +312,8 @@ class TrainingPool:
         try:
             async with self._compute:
                 answers = await self._run(job, rows)
+            if batch.train:
+                self.trained_at = time.perf_counter()
             log.debug(
                 "round %d: batch of %d meters gathered in %.3f s, %s in %.3f s",
                 batch.round,

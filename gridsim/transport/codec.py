@@ -176,6 +176,10 @@ class RoundResult(Message, tag="result", frozen=True):
     # meters run in the aggregator's process their agents share that thread, and a
     # value near wall_s says the thread, not the cores, set the round's pace.
     loop_cpu_s: float | None = None
+    # Seconds from the round's start until the meters' training batch finished,
+    # when the meters train in the aggregator's process (None otherwise): what
+    # follows is the round's part after training (uploads, SecAgg+ unmasking, ledger).
+    train_done_s: float | None = None
 
 
 class Proof(Message, tag="proof", frozen=True):
