@@ -72,13 +72,7 @@ pub fn verify_many(items: &[(&[u8; KEY_LEN], &[u8], &[u8])]) -> Vec<bool> {
 mod tests {
     use super::*;
 
-    fn unhex<const N: usize>(s: &str) -> [u8; N] {
-        let mut out = [0u8; N];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
-        }
-        out
-    }
+    use crate::test_util::unhex_array as unhex;
 
     /// RFC 8032 section 7.1, TEST 2 (one-byte message).
     #[test]

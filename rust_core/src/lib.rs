@@ -14,5 +14,8 @@ pub mod quant;
 pub mod shamir;
 pub mod x25519;
 
+#[cfg(test)]
+mod test_util;
+
 #[cfg(feature = "python")]
 mod bind;

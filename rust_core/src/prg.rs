@@ -570,6 +570,7 @@ fn prg_speed() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::unhex;
 
     fn ctx() -> MaskContext<'static> {
         MaskContext {
@@ -587,11 +588,13 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
+    /// The first `blocks` blocks of AES-256-CTR under `key`, the counter from zero,
+    /// straight from the `aes`/`ctr` crates: a reference independent of the engine.
+    fn reference_keystream(key: &[u8; 32], blocks: usize) -> Vec<u8> {
+        let mut c = AesCtr::new(key.into(), &[0u8; 16].into());
+        let mut out = vec![Block::default(); blocks];
+        c.write_keystream_blocks(&mut out);
+        out.iter().flat_map(|b| b.iter().copied()).collect()
     }
 
     fn mask_u32(seed: Seed, ctx: &MaskContext<'_>, stream: u64, d: usize, bits: u32) -> Vec<u32> {
@@ -710,10 +713,7 @@ mod tests {
     fn mask_is_keystream_read_little_endian() {
         let s = seed(3);
         let key = derive_key(&s, &ctx(), 11, 32).unwrap();
-        let mut c = AesCtr::new((&key).into(), &[0u8; 16].into());
-        let mut blocks = [Block::default(); 2];
-        c.write_keystream_blocks(&mut blocks);
-        let ks: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        let ks = reference_keystream(&key, 2);
         let m = mask_u32(s, &ctx(), 11, 7, 32);
         for (i, w) in m.iter().enumerate() {
             assert_eq!(
@@ -812,10 +812,7 @@ mod tests {
     fn u64_words_use_eight_keystream_bytes() {
         let s = seed(5);
         let key = derive_key(&s, &ctx(), 2, 64).unwrap();
-        let mut c = AesCtr::new((&key).into(), &[0u8; 16].into());
-        let mut blocks = [Block::default(); 3];
-        c.write_keystream_blocks(&mut blocks);
-        let ks: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied()).collect();
+        let ks = reference_keystream(&key, 3);
         let mut acc = vec![0u64; 5];
         let st = MaskStream {
             seed: s,
@@ -1096,7 +1093,6 @@ mod tests {
 
     #[test]
     fn keystream_rng_is_aes_256_ctr_under_keys_of_its_own() {
-        use aes::cipher::StreamCipher;
         use rand_core::RngCore;
 
         let s = seed(9);
@@ -1114,12 +1110,9 @@ mod tests {
         let mut want = Vec::new();
         for c in 0..3u64 {
             let key = derive_key(&s, &own, c, 64).unwrap();
-            let mut bytes = vec![0u8; RNG_CHUNK_WORDS * 8];
-            let mut cipher = ctr::Ctr128BE::<aes::Aes256>::new(&key.into(), &[0u8; 16].into());
-            cipher.apply_keystream(&mut bytes);
+            let ks = reference_keystream(&key, RNG_CHUNK_WORDS * 8 / 16);
             want.extend(
-                bytes
-                    .chunks(8)
+                ks.chunks(8)
                     .map(|b| u64::from_le_bytes(b.try_into().unwrap())),
             );
         }

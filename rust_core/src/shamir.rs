@@ -380,6 +380,7 @@ pub fn combine(shares: &[Share]) -> Result<[u8; SECRET_LEN]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::unhex;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
 
@@ -496,13 +497,6 @@ mod tests {
                 other => panic!("tampered share {bad} not caught: {other:?}"),
             }
         }
-    }
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
     }
 
     #[test]

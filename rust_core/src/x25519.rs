@@ -326,11 +326,7 @@ mod tests {
     use super::*;
 
     pub(super) fn unhex(s: &str) -> [u8; KEY_LEN] {
-        let v: Vec<u8> = (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
+        crate::test_util::unhex_array(s)
     }
 
     // RFC 7748 section 6.1: Alice's and Bob's key pairs and their shared secret.
