@@ -113,10 +113,10 @@ class Aggregator:
     ) -> None:
         self.config = config
         self.cpu_clock = cpu_clock
-        # When (perf_counter) the meters' last training batch finished, if they
-        # train in this process: for the round's train_done_s.
-        self.trained_clock = trained_clock
         """CPU seconds used so far by everything a round runs (None: not measured)."""
+        self.trained_clock = trained_clock
+        """When (perf_counter) the meters' last training batch finished (None: not
+        measured, or meters elsewhere): for each round's ``train_done_s``."""
         self.topics = Topics(config.session)
         self.model = initial_model
         self.on_result = on_result

@@ -110,6 +110,8 @@ def _system(
         rows = list(csv.DictReader(f))
     # The first round pays one-off costs (torch warm-up); medians hide it, max shows it.
     walls = [float(r["wall_s"]) for r in rows]
+    # Empty when a round has no figure (meters in other processes).
+    done = [float(r["train_done_s"]) for r in rows] if all(r["train_done_s"] for r in rows) else []
     msgs = sum(2 * int(r["participants"]) + 1 for r in rows)
     update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
     stages = {}
@@ -147,13 +149,9 @@ def _system(
         # When the meters' training batch finished, seconds into the round, and what
         # the round took after it (uploads, SecAgg+ unmasking, ledger): before it
         # the two cores are shared with the training, after it one event loop runs.
-        "median_train_done_s": (
-            _median(rows, "train_done_s") if all(r["train_done_s"] for r in rows) else None
-        ),
+        "median_train_done_s": statistics.median(done) if done else None,
         "median_after_training_s": (
-            float(statistics.median(float(r["wall_s"]) - float(r["train_done_s"]) for r in rows))
-            if all(r["train_done_s"] for r in rows)
-            else None
+            statistics.median(w - t for w, t in zip(walls, done, strict=True)) if done else None
         ),
         # The plain protocol's count (one announcement, two messages per
         # participant); a secure round's dozen per meter are not counted, so no

@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Coroutine, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Final, TypeVar
 
 import aiomqtt
 import msgspec
@@ -34,12 +34,15 @@ from gridsim.transport.mqtt import Connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
+# One limiter for all meters of a process: garbage reaches every meter at once.
+DROPS = DropLog(log)
 
 OFFLOAD_MIN_NEIGHBORS: Final = 64
 """Above this many neighbours a meter shares and prepares its masks in a worker
 thread (see :meth:`MeterAgent._on_secagg`); at or below, on the event loop."""
-# One limiter for all meters of a process: garbage reaches every meter at once.
-DROPS = DropLog(log)
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 class MeterAgent:
@@ -446,20 +449,14 @@ class MeterAgent:
             offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
             reply: sa.MeterMessage
             if isinstance(msg, sa.ShareRequest):
-                if offload:
-                    reply = await asyncio.to_thread(client.share_keys, msg)
-                else:
-                    reply = client.share_keys(msg)
+                reply = await _call(offload, client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):
                 if msg.recipient != self.meter or msg.round != self._trained_round:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
                 # Shares and masks while the training runs; afterwards masking is one
                 # addition.
-                if offload:
-                    await asyncio.to_thread(client.prepare_masked_input, msg)
-                else:
-                    client.prepare_masked_input(msg)
+                await _call(offload, client.prepare_masked_input, msg)
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
 
                 def report(digest: bytes, saturated: int) -> bytes:
@@ -562,6 +559,11 @@ async def run_fleet(
         "proofs_missing": sum(a.proofs_missing for a in agents),
         "budget_refusals": sum(a.budget_refusals for a in agents),
     }
+
+
+async def _call(in_thread: bool, func: Callable[[A], R], arg: A) -> R:
+    """``func(arg)`` in a worker thread, or here on the event loop."""
+    return await asyncio.to_thread(func, arg) if in_thread else func(arg)
 
 
 _EXPECTED: dict[tuple[TrainingPool, str, int, bool], int] = {}

@@ -65,15 +65,12 @@ pub fn open_many(items: &[Item<'_>]) -> Vec<Option<Vec<u8>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_util::unhex;
+    use crate::test_util::{unhex, unhex_array};
 
     #[test]
     fn rfc8439_section_2_8_2() {
-        let key: [u8; 32] =
-            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
-                .try_into()
-                .unwrap();
-        let nonce: [u8; 12] = unhex("070000004041424344454647").try_into().unwrap();
+        let key = unhex_array("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f");
+        let nonce = unhex_array("070000004041424344454647");
         let ad = unhex("50515253c0c1c2c3c4c5c6c7");
         let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you \
 only one tip for the future, sunscreen would be it.";

@@ -455,9 +455,11 @@ pub struct KeystreamRng {
     next: usize,
 }
 
-impl KeystreamRng {
+impl rand_core::SeedableRng for KeystreamRng {
+    type Seed = Seed;
+
     /// The generator of `seed` (secret and fresh, e.g. 32 bytes from the OS).
-    pub fn from_seed(seed: Seed) -> Self {
+    fn from_seed(seed: Seed) -> Self {
         KeystreamRng {
             seed,
             chunk: 0,
@@ -465,7 +467,9 @@ impl KeystreamRng {
             next: 0,
         }
     }
+}
 
+impl KeystreamRng {
     fn refill(&mut self) {
         self.words.clear();
         self.words.resize(RNG_CHUNK_WORDS, 0);
@@ -480,7 +484,7 @@ impl KeystreamRng {
             vector: 0,
         };
         // Zero plus the keystream is the keystream; 64 bits, so nothing is reduced.
-        expand_masks_on(Backend::detect(), &mut self.words, &[stream], &ctx, 64, 1)
+        expand_masks(&mut self.words, &[stream], &ctx, 64, 1)
             .expect("64-bit words and a short session are always accepted");
         self.chunk += 1;
         self.next = 0;
@@ -1093,7 +1097,7 @@ mod tests {
 
     #[test]
     fn keystream_rng_is_aes_256_ctr_under_keys_of_its_own() {
-        use rand_core::RngCore;
+        use rand_core::{RngCore, SeedableRng};
 
         let s = seed(9);
         let mut rng = KeystreamRng::from_seed(s);

@@ -19,34 +19,21 @@ fn invalid(py: Python<'_>, msg: String) -> PyErr {
     to_py_err(py, CoreError::InvalidArgument(msg))
 }
 
-/// A 32-byte CSPRNG seed: `seed` itself, or fresh bytes from the OS when None.
-fn rng_seed(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<[u8; 32]> {
+/// A CSPRNG from a 32-byte seed, or from 32 bytes of the OS when `seed` is None:
+/// ChaCha20 (`ChaCha20Rng`) for Shamir coefficients, the AES-256-CTR keystream
+/// generator (`prg::KeystreamRng`) for stochastic rounding, one word per value.
+fn csprng<R: SeedableRng<Seed = [u8; 32]>>(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<R> {
+    let mut key = [0u8; 32];
     match seed {
-        Some(s) => s
-            .try_into()
-            .map_err(|_| invalid(py, format!("a CSPRNG seed is 32 bytes, got {}", s.len()))),
-        None => {
-            let mut key = [0u8; 32];
-            getrandom::getrandom(&mut key)
-                .map_err(|e| PyOSError::new_err(format!("OS randomness unavailable: {e}")))?;
-            Ok(key)
+        Some(s) => {
+            key = s
+                .try_into()
+                .map_err(|_| invalid(py, format!("a CSPRNG seed is 32 bytes, got {}", s.len())))?;
         }
+        None => getrandom::getrandom(&mut key)
+            .map_err(|e| PyOSError::new_err(format!("OS randomness unavailable: {e}")))?,
     }
-}
-
-/// A ChaCha20 CSPRNG from a 32-byte seed, or from the OS when `seed` is None.
-fn csprng(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<ChaCha20Rng> {
-    let mut key = rng_seed(py, seed)?;
-    let rng = ChaCha20Rng::from_seed(key);
-    key.zeroize();
-    Ok(rng)
-}
-
-/// The quantiser's CSPRNG (one word per value rounded): the AES-256-CTR keystream
-/// generator ([`prg::KeystreamRng`]) of a 32-byte seed, or of one from the OS.
-fn rounding_rng(py: Python<'_>, seed: Option<&[u8]>) -> PyResult<prg::KeystreamRng> {
-    let mut key = rng_seed(py, seed)?;
-    let rng = prg::KeystreamRng::from_seed(key);
+    let rng = R::from_seed(key);
     key.zeroize();
     Ok(rng)
 }
@@ -201,7 +188,7 @@ fn quantize_u32<'py>(
     seed: Option<&[u8]>,
 ) -> PyResult<(Bound<'py, PyArray1<u32>>, usize)> {
     let q = quantizer(py, clip, scale, bits)?;
-    let mut rng = rounding_rng(py, seed)?;
+    let mut rng = csprng::<prg::KeystreamRng>(py, seed)?;
     let x = x.as_slice()?;
     let (out, saturated) = py
         .detach(|| {
@@ -224,7 +211,7 @@ fn quantize_u64<'py>(
     seed: Option<&[u8]>,
 ) -> PyResult<(Bound<'py, PyArray1<u64>>, usize)> {
     let q = quantizer(py, clip, scale, bits)?;
-    let mut rng = rounding_rng(py, seed)?;
+    let mut rng = csprng::<prg::KeystreamRng>(py, seed)?;
     let x = x.as_slice()?;
     let (out, saturated) = py
         .detach(|| {
@@ -367,7 +354,7 @@ fn shamir_split<'py>(
             ),
         )
     })?;
-    let mut rng = csprng(py, seed)?;
+    let mut rng = csprng::<ChaCha20Rng>(py, seed)?;
     let shares = py
         .detach(|| shamir::split(&secret, threshold, &xs, &mut rng))
         .map_err(|e| to_py_err(py, e))?;
