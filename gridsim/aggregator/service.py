@@ -28,10 +28,10 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
+from gridsim.aggregator.verifier import BatchVerifier, Check
 from gridsim.exceptions import (
     ConfigError,
     GridsimError,
-    IntegrityError,
     MessageError,
     ProtocolError,
     RoundError,
@@ -54,6 +54,10 @@ from gridsim.transport.mqtt import Connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
+
+
+def _forged(meter: int) -> str:
+    return f"forged update for meter {meter}: its signature does not verify"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +183,8 @@ class Aggregator:
         self._round: FedAvgRound | None = None
         self._announce: bytes | None = None
         self._changed = asyncio.Event()
+        # Every signature a message carries is checked here, in batches off the loop.
+        self.verifier = BatchVerifier()
         self._rng = random.Random(config.seed)
         self.run_id = secrets.token_hex(8)
         self.connection = Connection(
@@ -279,19 +285,30 @@ class Aggregator:
             # the request it waits for may have been lost with its old connection.
             self._resend_direct([meter])
         elif isinstance(msg, codec.Update) and topic == self.topics.update(meter):
-            rnd = self._round
-            if rnd is None:
+            if self._round is None:
                 self._reject(topic, f"update for round {msg.round} while no round is open")
                 return
-            forged = self._check_signature(meter, msg)
-            if forged is not None:
-                self._reject(topic, forged)
+            checked = self._contribution_check(meter, msg)
+            if isinstance(checked, str):
+                self._reject(topic, checked)
                 return
-            reason = rnd.offer(meter, msg)
-            if reason is not None:
-                self._reject(topic, reason)
-            elif not (rnd.pending() - self._gone()):
-                self._changed.set()
+            update = msg
+
+            def then(results: list[bool]) -> None:
+                if not results[0]:
+                    self._reject(topic, _forged(meter))
+                    return
+                rnd = self._round
+                if rnd is None:
+                    self._reject(topic, f"update for round {update.round} while no round is open")
+                    return
+                reason = rnd.offer(meter, update)
+                if reason is not None:
+                    self._reject(topic, reason)
+                elif not (rnd.pending() - self._gone()):
+                    self._changed.set()
+
+            self.verifier.submit([checked], then)
         else:
             self._reject(topic, f"unexpected {type(msg).__name__}")
 
@@ -309,14 +326,50 @@ class Aggregator:
         if getattr(msg, "meter", None) != meter:
             self._reject(topic, f"secure-aggregation message not from meter {meter}")
             return
+        arrived = time.monotonic()
         report = None
+        checks: list[tuple[str, Check]] = []
         if isinstance(msg, sa.MaskedInput):
             report, reason = self._masked_input_report(meter, msg)
             if reason is not None:
                 self._reject(topic, reason)
                 return
+            assert report is not None
+            checked = self._contribution_check(meter, report)
+            if isinstance(checked, str):
+                self._reject(topic, checked)
+                return
+            checks.append((_forged(meter), checked))
+        own = [(f"secure aggregation: {why}", Check(*c)) for why, c in server.signature_checks(msg)]
+        meter_msg = msg
+
+        def then(results: list[bool]) -> None:
+            for (why, _), ok in zip(checks + own, results, strict=True):
+                if not ok:
+                    if why.startswith("secure aggregation: "):
+                        server.refuse(meter_msg, why.removeprefix("secure aggregation: "))
+                    self._reject(topic, why)
+                    return
+            self._accept_secagg(topic, meter, meter_msg, report, arrived)
+
+        if checks or own:
+            self.verifier.submit([c for _, c in checks + own], then)
+        else:
+            then([])  # the sender is not enrolled, or its message verified before
+
+    def _accept_secagg(
+        self,
+        topic: str,
+        meter: int,
+        msg: sa.SecAggMessage,
+        report: codec.Update | None,
+        arrived: float,
+    ) -> None:
+        """Hand a meter's SecAgg+ message, its signatures verified, to the protocol."""
+        server = self.secagg
+        assert server is not None
         try:
-            server.receive(msg, time.monotonic())
+            server.receive(msg, arrived, signatures_checked=True)
         except ProtocolError as exc:
             self._reject(topic, f"secure aggregation: {exc}")
             return
@@ -333,7 +386,8 @@ class Aggregator:
     def _masked_input_report(
         self, meter: int, msg: sa.MaskedInput
     ) -> tuple[codec.Update | None, str | None]:
-        """The signed round report a masked input carries, or why it is unacceptable."""
+        """The round report a masked input carries (its signature still to be
+        checked), or why it is unacceptable."""
         try:
             report = codec.decode(msg.report, max_bytes=sa.MAX_REPORT_BYTES)
         except MessageError as exc:
@@ -347,25 +401,15 @@ class Aggregator:
             msg.digest,
         ):
             return None, "masked input whose report is for another session, round, meter or input"
-        forged = self._check_signature(meter, report)
-        return (None, forged) if forged is not None else (report, None)
+        return report, None
 
-    def _check_signature(self, meter: int, msg: codec.Update) -> str | None:
+    def _contribution_check(self, meter: int, msg: codec.Update) -> Check | str:
+        """The check of ``msg``'s contribution signature, or why it cannot be made."""
         key = self.meter_keys.get(meter)
         if key is None:
             return f"update from meter {meter}, which never enrolled a key"
-        contribution = MeterContribution(
-            session=msg.session,
-            round=msg.round,
-            meter=meter,
-            payload_sha256=msg.payload_sha256,
-            signature=msg.signature,
-        )
-        try:
-            contribution.verify(key)
-        except IntegrityError:
-            return f"forged update for meter {meter}: its signature does not verify"
-        return None
+        data = MeterContribution.message(msg.session, msg.round, meter, msg.payload_sha256)
+        return Check(key.public_bytes_raw(), data, msg.signature)
 
     def _on_status(self, topic: str, payload: bytes) -> None:
         try:
@@ -794,6 +838,7 @@ class Aggregator:
             await self.connection.publish(self.topics.control, codec.encode(stop), wait=10)
         finally:
             await self.connection.close()
+            self.verifier.close()
         return AggregatorReport(
             outcomes=outcomes,
             results=self.results,

@@ -299,20 +299,42 @@ def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     A :class:`MaskedInput` whose data does not hash to its ``digest`` is refused
     before its signature is looked at.
     """
+    check_digest(msg)
+    pending = signature_check(msg, key)
+    if pending is None:
+        return
+    raw, data, sig = pending
+    if not signatures.verify(raw, sig, data):
+        raise ProtocolError(f"bad signature on {type(msg).__name__}")
+    remember_verified(msg, key)
+
+
+def check_digest(msg: SecAggMessage) -> None:
+    """Raise :class:`ProtocolError` if ``msg`` is a :class:`MaskedInput` whose data
+    does not hash to its ``digest`` (which its signature covers instead of the data)."""
     if isinstance(msg, MaskedInput) and hashlib.sha256(msg.data).digest() != msg.digest:
         raise ProtocolError("masked input does not match its SHA-256")
-    memo = isinstance(msg, _MEMO_TYPES)
-    if memo:
-        slot = (key.public_bytes_raw(), msg.sig)
-        if _verified.get(slot) == msg:
-            return
-    if not signatures.verify(key, msg.sig, signed_bytes(msg)):
-        raise ProtocolError(f"bad signature on {type(msg).__name__}")
-    if memo:
-        with _verified_lock:
-            if len(_verified) >= VERIFIED_MEMO_SIZE:
-                del _verified[next(iter(_verified))]
-            _verified[slot] = msg
+
+
+def signature_check(msg: SecAggMessage, key: Ed25519PublicKey) -> tuple[bytes, bytes, bytes] | None:
+    """What verifying ``msg``'s signature takes (raw public key, signed bytes,
+    signature), or None when a message equal to it verified under ``key`` already
+    (see :func:`verify_signature`). For checks batched elsewhere; the digest of a
+    :class:`MaskedInput` is :func:`check_digest`'s."""
+    raw = key.public_bytes_raw()
+    if isinstance(msg, _MEMO_TYPES) and _verified.get((raw, msg.sig)) == msg:
+        return None
+    return raw, signed_bytes(msg), msg.sig
+
+
+def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
+    """Record that ``msg``'s signature verified under ``key`` (only call it then)."""
+    if not isinstance(msg, _MEMO_TYPES):
+        return
+    with _verified_lock:
+        if len(_verified) >= VERIFIED_MEMO_SIZE:
+            del _verified[next(iter(_verified))]
+        _verified[(key.public_bytes_raw(), msg.sig)] = msg
 
 
 def check_stage(msg: SecAggMessage) -> None:

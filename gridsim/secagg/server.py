@@ -88,8 +88,11 @@ from gridsim.secagg.messages import (
     Stage,
     UnmaskRequest,
     UnmaskResponse,
+    check_digest,
     check_stage,
+    remember_verified,
     sign,
+    signature_check,
     verify_signature,
 )
 
@@ -367,24 +370,54 @@ class SecAggServer:
 
     # ---- receiving ------------------------------------------------------------------
 
-    def receive(self, msg: SecAggMessage, now: float) -> None:
+    def receive(self, msg: SecAggMessage, now: float, *, signatures_checked: bool = False) -> None:
         """Accept one meter message, or log, record and raise :class:`ProtocolError`.
 
         Messages arriving after the open stage's deadline (``now > deadline``) are late
         and refused, even before the transport has called :meth:`close_stage`.
+        ``signatures_checked`` says that the caller verified every check of
+        :meth:`signature_checks` (in a batch, off the event loop): they are not
+        repeated; everything else is.
         """
         try:
             if self.deadline is not None and now > self.deadline:
                 raise ProtocolError(f"late: arrived at {now}, the stage closed at {self.deadline}")
-            self._accept(msg)
+            self._accept(msg, signatures_checked)
         except ProtocolError as exc:
-            meter = msg.meter if isinstance(msg, MeterMessage) else None
-            rejection = Rejection(self.round, meter, type(msg).__name__, str(exc))
-            self.rejected.append(rejection)
-            log.warning("secagg: rejected %s from meter %s: %s", rejection.kind, meter, exc)
+            self._refused(msg, exc)
             raise
 
-    def _accept(self, msg: SecAggMessage) -> None:
+    def refuse(self, msg: SecAggMessage, reason: str) -> ProtocolError:
+        """Record ``msg`` as rejected for ``reason`` (a failed batched signature check)."""
+        exc = ProtocolError(reason)
+        self._refused(msg, exc)
+        return exc
+
+    def _refused(self, msg: SecAggMessage, exc: ProtocolError) -> None:
+        meter = msg.meter if isinstance(msg, MeterMessage) else None
+        rejection = Rejection(self.round, meter, type(msg).__name__, str(exc))
+        self.rejected.append(rejection)
+        log.warning("secagg: rejected %s from meter %s: %s", rejection.kind, meter, exc)
+
+    def signature_checks(self, msg: SecAggMessage) -> list[tuple[str, tuple[bytes, bytes, bytes]]]:
+        """The Ed25519 checks :meth:`receive` makes of ``msg`` (each with what its
+        failure means), for a caller that verifies them in a batch first. Empty when
+        the sender is not enrolled: :meth:`receive` refuses it anyway.
+        """
+        key = self._enrolled.get(msg.meter) if isinstance(msg, MeterMessage) else None
+        if key is None:
+            return []
+        checks = []
+        own = signature_check(msg, key)
+        if own is not None:
+            checks.append((f"bad signature on {type(msg).__name__}", own))
+        if isinstance(msg, UnmaskResponse) and msg.next is not None:
+            ahead = signature_check(msg.next, key)
+            if ahead is not None:
+                checks.append(("bad signature on AdvertiseKeys", ahead))
+        return checks
+
+    def _accept(self, msg: SecAggMessage, signatures_checked: bool = False) -> None:
         if not isinstance(msg, MeterMessage):
             raise ProtocolError(f"{type(msg).__name__} is not a meter message")
         if msg.session != self.session:
@@ -402,7 +435,11 @@ class SecAggServer:
             raise ProtocolError(f"meter {msg.meter} has no part in this stage")
         if msg.meter in self._received():
             raise ProtocolError(f"duplicate {type(msg).__name__} from meter {msg.meter}")
-        verify_signature(msg, key)
+        if signatures_checked:
+            check_digest(msg)
+            remember_verified(msg, key)
+        else:
+            verify_signature(msg, key)
         if isinstance(msg, AdvertiseKeys):
             self._adverts[msg.meter] = msg
         elif isinstance(msg, ShareKeys):
@@ -410,7 +447,7 @@ class SecAggServer:
         elif isinstance(msg, MaskedInput):
             self._accept_input(msg)
         else:
-            self._accept_unmask(msg)
+            self._accept_unmask(msg, signatures_checked)
 
     def _accept_shares(self, msg: ShareKeys) -> None:
         u = msg.meter
@@ -433,7 +470,7 @@ class SecAggServer:
         self._inputs[msg.meter] = values
         self._digests[msg.meter] = msg.digest
 
-    def _accept_unmask(self, msg: UnmaskResponse) -> None:
+    def _accept_unmask(self, msg: UnmaskResponse, signatures_checked: bool) -> None:
         u = msg.meter
         ahead = msg.next
         if ahead is not None:
@@ -447,7 +484,10 @@ class SecAggServer:
                 raise ProtocolError(
                     f"meter {u}'s advertisement ahead is not its own for the next round"
                 )
-            verify_signature(ahead, self._enrolled[u])
+            if signatures_checked:
+                remember_verified(ahead, self._enrolled[u])
+            else:
+                verify_signature(ahead, self._enrolled[u])
         mine = self._graph[u]
         survivors, dropped = set(self._survivors), set(self._dropped)
         seed_owners = [r.owner for r in msg.seed_shares]

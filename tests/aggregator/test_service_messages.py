@@ -77,6 +77,7 @@ def test_forged_hello_and_update_are_rejected() -> None:
         )
         # An update for meter 1 signed with the impostor's key is forged.
         agg._on_message(t.update(1), _update(agg, 1, key_seed=99, delta=np.ones(DIM)))
+        await agg.verifier.drained()  # signatures are checked in batches, off the loop
         assert agg.rejected_messages == 2 and agg._round.pending() == {1, 2}
         # An update from a meter that never enrolled is refused too.
         agg._on_message(t.update(5), _update(agg, 5, key_seed=7, delta=np.ones(DIM)))
@@ -84,6 +85,7 @@ def test_forged_hello_and_update_are_rejected() -> None:
         # The genuine updates are accepted.
         agg._on_message(t.update(1), _update(agg, 1, key_seed=7, delta=np.ones(DIM)))
         agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
+        await agg.verifier.drained()
         assert agg._round.complete and agg.rejected_messages == 3
         out = agg._round.close()
         np.testing.assert_allclose(out.model, np.ones(DIM))
@@ -118,11 +120,13 @@ def test_a_round_stops_waiting_for_meters_that_dropped_or_restarted() -> None:
         agg._on_message(t.hello(4), _hello(4, key_seed=7, sits_out=7))
         assert agg._gone() == {3}
         agg._on_message(t.update(1), _update(agg, 1, key_seed=7, delta=np.ones(DIM)))
+        await agg.verifier.drained()
         agg._changed.clear()
         agg._on_message(t.status(4), b"offline")  # and drops for good
         agg._changed.clear()
         # The last answer the round can still get wakes the round up to close.
         agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
+        await agg.verifier.drained()
         assert agg._changed.is_set() and agg._round.pending() == {3, 4}
         # A later hello that names no round to sit out (the first was stale, say)
         # makes meter 3 one to wait for again.
@@ -208,8 +212,17 @@ def test_a_masked_input_carries_only_its_own_meters_signed_report() -> None:
 
         good, reason = agg._masked_input_report(1, masked(_report(agg, 1, 7, digest)))
         assert reason is None and good is not None and good.eval.count == 4
+        # Its signature is checked with the others, in a batch off the loop.
+        forged, reason = agg._masked_input_report(1, masked(_report(agg, 1, 99, digest)))
+        assert reason is None and forged is not None
+        results: list[bool] = []
+        for report in (good, forged):
+            check = agg._contribution_check(1, report)
+            assert not isinstance(check, str)
+            agg.verifier.submit([check], results.extend)
+        await agg.verifier.drained()
+        assert results == [True, False]
         refused = {
-            "forged": _report(agg, 1, 99, digest),
             "another input": _report(agg, 1, 7, bytes(32)),
             "another round": _report(agg, 1, 7, digest, round_=1),
             "another meter": _report(agg, 2, 7, digest),

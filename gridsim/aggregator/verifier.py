@@ -1,0 +1,126 @@
+"""Signature checks of incoming messages, batched and run off the event loop.
+
+The aggregator checks four or five Ed25519 signatures per meter and round (a
+secure round: the shares message, the masked input and the round report inside
+it, the unmasking response and the next round's advertisement inside that). One
+at a time on the event loop's thread they cost about 40 us each, all of it on the
+thread that also reads, decodes and answers every message, while after training
+the machine's other cores sit idle. Here a message's checks wait in a queue; one
+worker thread verifies whatever has gathered in one call to the Rust core, which
+releases the GIL and spreads large batches over rayon's threads; the loop then
+finishes each message, in the order they arrived, with its results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Sequence
+from typing import Final, NamedTuple
+
+from gridsim import _core
+
+log = logging.getLogger(__name__)
+
+GATHER_S: Final = 0.002
+"""How long the first check of an idle queue waits for others to join it: the loop
+reads a burst of messages over several iterations, and a batch of one costs a
+thread hand-over per message."""
+
+MAX_BATCH: Final = 256
+"""Checks that start a batch at once, without waiting for :data:`GATHER_S`."""
+
+
+class Check(NamedTuple):
+    """One Ed25519 signature to check: ``signature`` by ``public_key`` (raw) of ``data``."""
+
+    public_key: bytes
+    data: bytes
+    signature: bytes
+
+
+Then = Callable[[list[bool]], None]
+"""Called on the loop with each check's result, in the order the checks were given."""
+
+
+class BatchVerifier:
+    """A queue of messages' signature checks, verified in batches on a worker thread."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[Sequence[Check], Then]] = []
+        self._queued_checks = 0
+        self._busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="gridsim-verify"
+        )
+        self.batches = 0
+        self.checks = 0
+
+    def submit(self, checks: Sequence[Check], then: Then) -> None:
+        """Verify ``checks`` and call ``then`` with their results (on the loop)."""
+        self._queue.append((checks, then))
+        self._queued_checks += len(checks)
+        self._idle.clear()
+        if self._busy:
+            return  # the batch in flight starts the next when it ends
+        if self._queued_checks >= MAX_BATCH:
+            self._start()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GATHER_S, self._start)
+
+    async def drained(self) -> None:
+        """Wait until every submitted message has been finished."""
+        await self._idle.wait()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._queue, self._queued_checks = self._queue, [], 0
+        if not batch:
+            self._idle.set()
+            return
+        self._busy = True
+        flat = [c for checks, _ in batch for c in checks]
+        self.batches += 1
+        self.checks += len(flat)
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor,
+            _core.ed25519_verify_many,
+            [c.public_key for c in flat],
+            [c.data for c in flat],
+            [c.signature for c in flat],
+        )
+        future.add_done_callback(lambda f: self._finish(batch, f))
+
+    def _finish(
+        self, batch: list[tuple[Sequence[Check], Then]], done: asyncio.Future[list[bool]]
+    ) -> None:
+        self._busy = False
+        if done.cancelled():
+            return
+        exc = done.exception()
+        results: list[bool] = [False] * sum(len(c) for c, _ in batch) if exc else done.result()
+        if exc is not None:
+            log.error("signature checks failed to run (%s): their messages are refused", exc)
+        at = 0
+        for checks, then in batch:
+            part, at = results[at : at + len(checks)], at + len(checks)
+            try:
+                then(part)
+            except Exception:
+                log.exception("finishing a verified message failed")
+        if self._queue:
+            self._start()
+        elif self._timer is None:
+            self._idle.set()
