@@ -23,6 +23,11 @@ def merkle_root(leaves: list[bytes] | tuple[bytes, ...]) -> bytes:
 def merkle_inclusion_proof(leaves: list[bytes] | tuple[bytes, ...], index: int) -> list[bytes]:
     """Audit path of leaf ``index``; InvalidInputError unless ``index < len(leaves)``."""
 
+def merkle_root_and_inclusion_proofs(
+    leaves: list[bytes] | tuple[bytes, ...],
+) -> tuple[bytes, list[list[bytes]]]:
+    """The root and every leaf's audit path (as merkle_inclusion_proof), in one pass."""
+
 def merkle_consistency_proof(leaves: list[bytes] | tuple[bytes, ...], old_size: int) -> list[bytes]:
     """Consistency proof from the first ``old_size`` leaves; InvalidInputError past the end."""
 

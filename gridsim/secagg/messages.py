@@ -23,6 +23,14 @@ SHA-512. Meters sign with their
 enrolment key, the server with its own; a signature never verifies as the other
 role's or for another message type, round or session.
 
+The server's per-meter requests of a stage (:class:`ShareRequest`,
+:class:`MaskedInputRequest`) are signed as one batch (:func:`sign_batch`): the leaves
+of an RFC 9162 Merkle tree are the requests' :func:`signed_bytes`, the server signs
+the root and the number of leaves once, and each request carries that signature
+and its own audit path (:class:`BatchProof`). A meter checks its request's path to
+the root, then the root's signature: one signature a stage instead of one per
+meter, and in a process that simulates many meters one verification for all.
+
 Shamir shares travel inside :class:`EncryptedShare` ciphertexts (ChaCha20-Poly1305)
 that only the sending and receiving meter can open; the server relays them.
 
@@ -42,14 +50,17 @@ from typing import Annotated, Final, TypeAlias, TypeVar
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gridsim import signatures
+from gridsim import _core, signatures
 from gridsim.exceptions import MessageError, ProtocolError
 
-SECAGG_WIRE_VERSION: Final = 3
+SECAGG_WIRE_VERSION: Final = 4
 MAX_SECAGG_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 
 METER_SIGNATURE_DOMAIN: Final = b"gridsim/secagg/v1/meter-message\x00"
 SERVER_SIGNATURE_DOMAIN: Final = b"gridsim/secagg/v1/server-message\x00"
+SERVER_BATCH_DOMAIN: Final = b"gridsim/secagg/v1/server-batch\x00"
+MAX_BATCH_PATH: Final = 40
+"""Hashes in a batch's audit path at most: a tree of up to 2^40 messages."""
 
 MeterId = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 RoundNo = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -136,10 +147,21 @@ class AdvertiseRequest(_Signed, tag="sa.advertise_req", frozen=True):
     ready: list[MeterId] = msgspec.field(default_factory=list)
 
 
+class BatchProof(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
+    """Where a request sits in the batch whose Merkle root the server signed:
+    leaf ``index`` of ``size``, its audit path (RFC 9162) and the root."""
+
+    root: Key32
+    index: Annotated[int, msgspec.Meta(ge=0, le=2**40)]
+    size: Annotated[int, msgspec.Meta(ge=1, le=2**40)]
+    path: Annotated[list[Key32], msgspec.Meta(max_length=MAX_BATCH_PATH)]
+
+
 class ShareRequest(_Signed, tag="sa.share_req", frozen=True):
     """The meters whose keys arrived, each advertisement as its meter signed it."""
 
     roster: list[AdvertiseKeys]
+    batch: BatchProof | None = None
 
 
 class EncryptedShare(msgspec.Struct, forbid_unknown_fields=True, frozen=True, gc=False):
@@ -155,6 +177,7 @@ class MaskedInputRequest(_Signed, tag="sa.masked_req", frozen=True):
 
     recipient: MeterId
     shares: list[EncryptedShare]
+    batch: BatchProof | None = None
 
 
 class UnmaskRequest(_Signed, tag="sa.unmask_req", frozen=True):
@@ -249,12 +272,23 @@ def decode(
 
 
 def signed_bytes(msg: SecAggMessage) -> bytes:
-    """The bytes ``msg``'s signature covers: role domain || msgpack(msg with empty sig)."""
+    """The bytes ``msg``'s signature covers: role domain || msgpack(msg with empty sig).
+
+    For a request signed in a batch, the leaf of the batch's tree (its ``batch``
+    left out too); :func:`batch_statement` is what the signature covers.
+    """
     domain = METER_SIGNATURE_DOMAIN if isinstance(msg, _FromMeter) else SERVER_SIGNATURE_DOMAIN
     if isinstance(msg, MaskedInput):
         # The digest covers the data (verify_signature checks it).
         return domain + _encoder.encode(msgspec.structs.replace(msg, sig=b"", data=b""))
+    if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:
+        return domain + _encoder.encode(msgspec.structs.replace(msg, sig=b"", batch=None))
     return domain + _encoder.encode(msgspec.structs.replace(msg, sig=b""))
+
+
+def batch_statement(root: bytes, size: int) -> bytes:
+    """The bytes the server signs for a batch: domain || root || size (8 bytes LE)."""
+    return SERVER_BATCH_DOMAIN + root + size.to_bytes(8, "little")
 
 
 M = TypeVar(
@@ -271,8 +305,30 @@ M = TypeVar(
 
 
 def sign(msg: M, key: Ed25519PrivateKey) -> M:
-    """``msg`` with ``sig`` set to the signer's Ed25519 signature of :func:`signed_bytes`."""
+    """``msg`` with ``sig`` set to the signer's Ed25519 signature of :func:`signed_bytes`
+    (signed on its own: a request's ``batch``, if any, is dropped)."""
+    if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:
+        msg = msgspec.structs.replace(msg, batch=None)
     return msgspec.structs.replace(msg, sig=signatures.sign(key, signed_bytes(msg)))
+
+
+B = TypeVar("B", ShareRequest, MaskedInputRequest)
+
+
+def sign_batch(msgs: list[B], key: Ed25519PrivateKey) -> list[B]:
+    """``msgs`` signed as one batch: one signature of their Merkle root (see the
+    module notes), each message with its :class:`BatchProof`."""
+    if not msgs:
+        return []
+    leaves = [signed_bytes(m) for m in msgs]
+    root, paths = _core.merkle_root_and_inclusion_proofs(leaves)
+    sig = signatures.sign(key, batch_statement(root, len(msgs)))
+    return [
+        msgspec.structs.replace(
+            m, sig=sig, batch=BatchProof(root=root, index=i, size=len(msgs), path=path)
+        )
+        for i, (m, path) in enumerate(zip(msgs, paths, strict=True))
+    ]
 
 
 VERIFIED_MEMO_SIZE: Final = 16384
@@ -280,9 +336,12 @@ VERIFIED_MEMO_SIZE: Final = 16384
 
 _MEMO_TYPES: Final = (AdvertiseKeys, AdvertiseRequest, UnmaskRequest)
 """The messages a process checks more than once: a meter's advertisement (by each of
-its neighbours, and the server) and the broadcast requests (by every meter)."""
+its neighbours, and the server) and the broadcast requests (by every meter). A
+batch's root signature is remembered too (every meter of the process checks it)."""
 
-_verified: dict[tuple[bytes, bytes], SecAggMessage] = {}
+_BATCHED_TYPES: Final = (ShareRequest, MaskedInputRequest)
+
+_verified: dict[tuple[bytes, bytes], SecAggMessage | bytes] = {}
 _verified_lock = threading.Lock()
 
 
@@ -306,7 +365,7 @@ def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     raw, data, sig = pending
     if not signatures.verify(raw, sig, data):
         raise ProtocolError(f"bad signature on {type(msg).__name__}")
-    remember_verified(msg, key)
+    remember_verified(msg, key, data)
 
 
 def check_digest(msg: SecAggMessage) -> None:
@@ -318,23 +377,39 @@ def check_digest(msg: SecAggMessage) -> None:
 
 def signature_check(msg: SecAggMessage, key: Ed25519PublicKey) -> tuple[bytes, bytes, bytes] | None:
     """What verifying ``msg``'s signature takes (raw public key, signed bytes,
-    signature), or None when a message equal to it verified under ``key`` already
-    (see :func:`verify_signature`). For checks batched elsewhere; the digest of a
-    :class:`MaskedInput` is :func:`check_digest`'s."""
+    signature), or None when it verified already (see :func:`verify_signature`).
+    For a request signed in a batch, its audit path is checked here (raising
+    :class:`ProtocolError` if it does not lead to the root) and the signed bytes
+    are the batch's statement. The digest of a :class:`MaskedInput` is
+    :func:`check_digest`'s."""
     raw = key.public_bytes_raw()
+    if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:
+        b = msg.batch
+        leaf = _core.merkle_leaf_hash(signed_bytes(msg))
+        if not _core.merkle_verify_inclusion(leaf, b.index, b.size, b.path, b.root):
+            raise ProtocolError(
+                f"bad signature on {type(msg).__name__}: not in the batch its signature covers"
+            )
+        statement = batch_statement(b.root, b.size)
+        return None if _verified.get((raw, msg.sig)) == statement else (raw, statement, msg.sig)
     if isinstance(msg, _MEMO_TYPES) and _verified.get((raw, msg.sig)) == msg:
         return None
     return raw, signed_bytes(msg), msg.sig
 
 
-def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
-    """Record that ``msg``'s signature verified under ``key`` (only call it then)."""
-    if not isinstance(msg, _MEMO_TYPES):
+def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey, signed: bytes = b"") -> None:
+    """Record that ``msg``'s signature (of ``signed``: needed for a batch) verified
+    under ``key``. Only call it then."""
+    if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:
+        value: SecAggMessage | bytes = signed
+    elif isinstance(msg, _MEMO_TYPES):
+        value = msg
+    else:
         return
     with _verified_lock:
         if len(_verified) >= VERIFIED_MEMO_SIZE:
             del _verified[next(iter(_verified))]
-        _verified[(key.public_bytes_raw(), msg.sig)] = msg
+        _verified[(key.public_bytes_raw(), msg.sig)] = value
 
 
 def check_stage(msg: SecAggMessage) -> None:

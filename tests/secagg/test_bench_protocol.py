@@ -1,10 +1,10 @@
 """``bench secagg`` part (c): the protocol's cost per meter and round, in one process.
 
 Its figures are only as good as its counts: in steady state (keys advertised ahead)
-a round signs six messages per meter (four by the meter, two requests addressed to
-it by the server) plus the server's two broadcasts, and verifies as many (the
-broadcasts and each meter's advertisement once per process). A redundant
-verification or signature would show here.
+a round signs four messages per meter plus, by the server, the two broadcasts and
+the roots of its two batches of per-meter requests, and verifies as many (the
+broadcasts, the batch roots and each meter's advertisement once per process). A
+redundant verification or signature would show here.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def test_part_c_counts_the_protocols_signatures_and_prices_them() -> None:
         "--protocol-dim 64 --protocol-rounds 2".split()
     )
     c = cast(dict[str, Any], bench.run(args)["c_protocol_cpu"])
-    assert c["ed25519_signs_per_meter_round"] == pytest.approx(6 + 2 / n, abs=0.01)
-    assert c["ed25519_verifies_per_meter_round"] == pytest.approx(6 + 2 / n, abs=0.01)
+    assert c["ed25519_signs_per_meter_round"] == pytest.approx(4 + 4 / n, abs=0.01)
+    assert c["ed25519_verifies_per_meter_round"] == pytest.approx(4 + 4 / n, abs=0.01)
     assert c["x25519_agreements_per_meter_round"] == 20
     for key in ("cpu_ms_per_meter_round", "x25519_us_per_agreement", "ed25519_us_per_verify"):
         assert c[key] > 0

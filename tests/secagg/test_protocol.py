@@ -867,3 +867,45 @@ def test_any_dropout_pattern_gives_the_exact_sum_or_a_stated_reason(
     silent = set().union(*drop.values()) if drop else set()
     if not refusals:
         assert set(out.result.survivors) >= set(meters) - silent
+
+
+def test_a_stages_requests_share_one_signature_and_each_proves_its_place() -> None:
+    # The server signs the Merkle root of a stage's per-meter requests once; each
+    # request carries its audit path. A request moved, altered, given another's
+    # path or another batch's signature, or its batch signature reused on a request
+    # signed alone, is refused.
+    fed, m, client, request = _masked_input_request()
+    assert request.batch is not None and request.batch.size == len(fed.clients)
+    others = sorted(u for u in fed.clients if u != m)
+    # The same server key (same seed) in another federation: a batch of its own.
+    twin = federation(10, _config(10))
+    assert twin.server_key.public_key() == fed.server_key.public_key()
+    out = run_round(twin, 1, inputs_for(twin), until=Stage.MASKED_INPUT)
+    other_batch = out.direct[min(out.direct)]
+    assert isinstance(other_batch, msg.MaskedInputRequest) and other_batch.batch is not None
+    assert other_batch.sig != request.sig
+    b = request.batch
+    forgeries = {
+        "moved": msgspec.structs.replace(b, index=(b.index + 1) % b.size),
+        "grown": msgspec.structs.replace(b, size=b.size + 1),
+        "path altered": msgspec.structs.replace(b, path=[bytes(32), *b.path[1:]]),
+        "another root": msgspec.structs.replace(b, root=other_batch.batch.root),
+    }
+    for what, batch in forgeries.items():
+        forged = msgspec.structs.replace(request, batch=batch)
+        with pytest.raises(ProtocolError, match="bad signature on MaskedInputRequest"):
+            client.prepare_masked_input(_wire(forged))
+        assert client.expecting is Stage.MASKED_INPUT, what
+    # Another meter's request in the same batch verifies, but is not this meter's.
+    with pytest.raises(ProtocolError, match="addressed to meter"):
+        client.prepare_masked_input(_wire(fed.requests[Stage.MASKED_INPUT][others[0]]))
+    # The other batch's root and signature, with this request's contents.
+    spliced = msgspec.structs.replace(request, sig=other_batch.sig, batch=other_batch.batch)
+    with pytest.raises(ProtocolError, match="bad signature on MaskedInputRequest"):
+        client.prepare_masked_input(_wire(spliced))
+    # The batch signature on the request signed alone (no batch): domains differ.
+    alone = msgspec.structs.replace(request, batch=None)
+    with pytest.raises(ProtocolError, match="bad signature on MaskedInputRequest"):
+        client.prepare_masked_input(_wire(alone))
+    client.prepare_masked_input(_wire(request))  # the genuine one still goes through
+    assert client.masked_input(_wire(request), inputs_for(fed)[m]).meter == m

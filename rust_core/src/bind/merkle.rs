@@ -61,6 +61,18 @@ fn merkle_inclusion_proof<'py>(
     Ok(to_py_list(py, &proof))
 }
 
+/// The root of the tree over `leaves` and every leaf's audit path, in one pass.
+#[pyfunction]
+fn merkle_root_and_inclusion_proofs<'py>(
+    py: Python<'py>,
+    leaves: Vec<Bound<'py, PyBytes>>,
+) -> (Bound<'py, PyBytes>, Vec<Vec<Bound<'py, PyBytes>>>) {
+    let leaves = as_slices(&leaves);
+    let (root, proofs) = py.detach(|| merkle::root_and_inclusion_proofs(&leaves));
+    let proofs = proofs.iter().map(|p| to_py_list(py, p)).collect();
+    (PyBytes::new(py, &root), proofs)
+}
+
 /// Proof that the first `old_size` leaves are a prefix of `leaves`.
 #[pyfunction]
 fn merkle_consistency_proof<'py>(
@@ -115,6 +127,7 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(merkle_leaf_hash, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_root, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_inclusion_proof, m)?)?;
+    m.add_function(wrap_pyfunction!(merkle_root_and_inclusion_proofs, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_consistency_proof, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify_inclusion, m)?)?;
     m.add_function(wrap_pyfunction!(merkle_verify_consistency, m)?)?;
