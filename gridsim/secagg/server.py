@@ -490,7 +490,8 @@ class SecAggServer:
             else:
                 verify_signature(ahead, self._enrolled[u])
         mine = self._graph[u]
-        survivors, dropped = set(self._survivors), set(self._dropped)
+        # The unmasking stage expects exactly the survivors (a set built once).
+        survivors, dropped = self._expected, set(self._dropped)
         seed_owners = [r.owner for r in msg.seed_shares]
         key_owners = [r.owner for r in msg.key_shares]
         if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):

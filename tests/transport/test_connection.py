@@ -79,3 +79,42 @@ def test_the_override_replaces_a_method_aiomqtt_still_has() -> None:
     assert original is not None, "aiomqtt.Client no longer defines _pending_call"
     ours = vars(_Client)["_pending_call"]
     assert list(inspect.signature(original).parameters) == list(inspect.signature(ours).parameters)
+
+
+def test_buffered_reads_serve_small_pieces_from_one_system_call() -> None:
+    # paho asks for one byte, then one, then the rest of each packet; the buffer
+    # takes what the kernel holds in one read and hands it out piece by piece, and
+    # says how much it still holds (aiomqtt reads on while it does).
+    import socket
+
+    from gridsim.transport.mqtt import _BufferedSocket
+
+    class Counting:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.reads = sock, 0
+
+        def recv(self, n: int) -> bytes:
+            self.reads += 1
+            return self.sock.recv(n)
+
+    a, b = socket.socketpair()
+    try:
+        b.setblocking(False)
+        packets = [
+            bytes([0x30, len(body)]) + body for body in (os.urandom(i % 90) for i in range(200))
+        ]
+        a.sendall(b"".join(packets))
+        counting = Counting(b)
+        buffered = _BufferedSocket(counting)
+        got = []
+        for _ in packets:
+            head = buffered.recv(1) + buffered.recv(1)
+            got.append(head + (buffered.recv(head[1]) if head[1] else b""))
+        assert got == packets
+        assert counting.reads == 1 and buffered.pending() == 0
+        with pytest.raises(BlockingIOError):  # empty: the socket's own answer
+            buffered.recv(1)
+        assert buffered.sock is b  # everything else is the socket's
+    finally:
+        a.close()
+        b.close()
