@@ -59,8 +59,12 @@ pub fn verify(public: &[u8; KEY_LEN], message: &[u8], signature: &[u8]) -> bool 
     }
 }
 
-/// [`verify`] for each `(public, message, signature)`, in order, over rayon's pool.
+/// [`verify`] for each `(public, message, signature)`, in order, over rayon's pool
+/// (on the calling thread when there are too few to share).
 pub fn verify_many(items: &[(&[u8; KEY_LEN], &[u8], &[u8])]) -> Vec<bool> {
+    if items.len() < 2 * MIN_PER_TASK {
+        return items.iter().map(|(p, m, s)| verify(p, m, s)).collect();
+    }
     items
         .par_iter()
         .with_min_len(MIN_PER_TASK)
@@ -126,9 +130,13 @@ mod tests {
             .zip(&sigs)
             .map(|((p, m), s)| (p, m.as_slice(), s.as_slice()))
             .collect();
-        let many = verify_many(&items);
-        for (i, ok) in many.iter().enumerate() {
-            assert_eq!(*ok, i != 5 && i != 31, "item {i}");
+        // 40 over rayon's pool; the first 10 on the calling thread.
+        for n in [40, 10] {
+            let many = verify_many(&items[..n]);
+            assert_eq!(many.len(), n);
+            for (i, ok) in many.iter().enumerate() {
+                assert_eq!(*ok, i != 5 && i != 31, "item {i} of {n}");
+            }
         }
     }
 }
