@@ -248,8 +248,11 @@ def test_masked_vector_looks_uniform() -> None:
 
 def test_rejected_call_leaves_accumulator_untouched() -> None:
     acc = np.arange(10, dtype=np.uint32)
-    with pytest.raises(InvalidInputError, match="sign"):
-        sm.expand_masks(acc, [bytes(32)], [2], b"s", 0, streams=[0], bits=32)
+    for bad in ([2], [0], [255], [-255], np.array([1, 257], dtype=np.int64)):  # no wrap to +-1
+        with pytest.raises(InvalidInputError, match="sign"):
+            sm.expand_masks(
+                acc, [bytes(32)] * len(bad), bad, b"s", 0, streams=range(len(bad)), bits=32
+            )
     with pytest.raises(InvalidInputError, match="bits"):
         sm.expand_masks(acc, [bytes(32)], [1], b"s", 0, streams=[0], bits=33)
     with pytest.raises(InvalidInputError, match="32 bytes"):
