@@ -175,6 +175,7 @@ def ed25519_verify(public: bytes, message: bytes, signature: bytes) -> bool:
     """Whether ``signature`` is ``public``'s signature of ``message`` (strict)."""
 
 def ed25519_verify_many(
-    publics: list[bytes], messages: list[bytes], signatures: list[bytes]
+    publics: list[bytes], messages: list[bytes], signatures: list[bytes], parallel: bool = True
 ) -> list[bool]:
-    """:func:`ed25519_verify` of each triple (GIL released, rayon)."""
+    """:func:`ed25519_verify` of each triple (GIL released; over rayon's pool, or on
+    the calling thread with ``parallel=False``)."""

@@ -7,14 +7,17 @@ at a time on the event loop's thread they cost about 40 us each, all of it on th
 thread that also reads, decodes and answers every message, while after training
 the machine's other cores sit idle. Here a message's checks wait in a queue; one
 worker thread verifies whatever has gathered in one call to the Rust core, which
-releases the GIL and spreads large batches over rayon's threads; the loop then
-finishes each message, in the order they arrived, with its results.
+releases the GIL; the loop then finishes each message, in the order they arrived,
+with its results. The worker verifies on its own thread: it is the spare core's
+work while the loop keeps the other, and rayon's pool would add threads that
+compete with the loop (and the training processes) and spin between batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
@@ -96,10 +99,13 @@ class BatchVerifier:
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._executor,
-            _core.ed25519_verify_many,
-            [c.public_key for c in flat],
-            [c.data for c in flat],
-            [c.signature for c in flat],
+            functools.partial(
+                _core.ed25519_verify_many,
+                [c.public_key for c in flat],
+                [c.data for c in flat],
+                [c.signature for c in flat],
+                parallel=False,
+            ),
         )
         future.add_done_callback(lambda f: self._finish(batch, f))
 

@@ -54,13 +54,17 @@ fn ed25519_verify(
 }
 
 /// [`ed25519_verify`] of each `(publics[i], messages[i], signatures[i])`, with the
-/// GIL released, over rayon's pool.
+/// GIL released: over rayon's pool, or with `parallel=False` on the calling thread
+/// alone (a caller that is itself the one spare thread: rayon's workers would
+/// compete with the rest of the process and spin between batches).
 #[pyfunction]
+#[pyo3(signature = (publics, messages, signatures, parallel=true))]
 fn ed25519_verify_many(
     py: Python<'_>,
     publics: Vec<Vec<u8>>,
     messages: Vec<Vec<u8>>,
     signatures: Vec<Vec<u8>>,
+    parallel: bool,
 ) -> PyResult<Vec<bool>> {
     same_lengths(py, publics.len(), &[messages.len(), signatures.len()])?;
     let items = publics
@@ -69,7 +73,16 @@ fn ed25519_verify_many(
         .zip(&signatures)
         .map(|((p, m), s)| Ok((key(py, "public key", p)?, m.as_slice(), s.as_slice())))
         .collect::<PyResult<Vec<_>>>()?;
-    Ok(py.detach(|| ed25519::verify_many(&items)))
+    Ok(py.detach(|| {
+        if parallel {
+            ed25519::verify_many(&items)
+        } else {
+            items
+                .iter()
+                .map(|(p, m, s)| ed25519::verify(p, m, s))
+                .collect()
+        }
+    }))
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
