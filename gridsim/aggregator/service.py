@@ -184,7 +184,7 @@ class Aggregator:
         self._round: FedAvgRound | None = None
         self._announce: bytes | None = None
         self._changed = asyncio.Event()
-        # Every signature a message carries is checked here, in batches off the loop.
+        # SecAgg+ messages' signatures are checked in batches, off the loop.
         self.verifier = BatchVerifier()
         self._rng = random.Random(config.seed)
         self.run_id = secrets.token_hex(8)
@@ -324,7 +324,8 @@ class Aggregator:
             return
         arrived = time.monotonic()
         report = None
-        checks: list[tuple[str, Check]] = []
+        # Each check with what its failure means, and whether the protocol records it.
+        checks: list[tuple[str, bool, Check]] = []
         if isinstance(msg, sa.MaskedInput):
             report, reason = self._masked_input_report(meter, msg)
             if reason is not None:
@@ -335,21 +336,21 @@ class Aggregator:
             if isinstance(checked, str):
                 self._reject(topic, checked)
                 return
-            checks.append((_forged(meter), checked))
-        own = [(f"secure aggregation: {why}", Check(*c)) for why, c in server.signature_checks(msg)]
+            checks.append((_forged(meter), False, checked))
+        checks += [(why, True, Check(*c)) for why, c in server.signature_checks(msg)]
         meter_msg = msg
 
         def then(results: list[bool]) -> None:
-            for (why, _), ok in zip(checks + own, results, strict=True):
+            for (why, protocol, _), ok in zip(checks, results, strict=True):
                 if not ok:
-                    if why.startswith("secure aggregation: "):
-                        server.refuse(meter_msg, why.removeprefix("secure aggregation: "))
-                    self._reject(topic, why)
+                    if protocol:
+                        server.refuse(meter_msg, why)
+                    self._reject(topic, f"secure aggregation: {why}" if protocol else why)
                     return
             self._accept_secagg(topic, meter, meter_msg, report, arrived)
 
-        if checks or own:
-            self.verifier.submit([c for _, c in checks + own], then)
+        if checks:
+            self.verifier.submit([c for _, _, c in checks], then)
         else:
             then([])  # the sender is not enrolled, or its message verified before
 
