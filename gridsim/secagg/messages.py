@@ -365,7 +365,7 @@ def verify_signature(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     raw, data, sig = pending
     if not signatures.verify(raw, sig, data):
         raise ProtocolError(f"bad signature on {type(msg).__name__}")
-    remember_verified(msg, key, data)
+    remember_verified(msg, key)
 
 
 def check_digest(msg: SecAggMessage) -> None:
@@ -397,11 +397,10 @@ def signature_check(msg: SecAggMessage, key: Ed25519PublicKey) -> tuple[bytes, b
     return raw, signed_bytes(msg), msg.sig
 
 
-def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey, signed: bytes = b"") -> None:
-    """Record that ``msg``'s signature (of ``signed``: needed for a batch) verified
-    under ``key``. Only call it then."""
+def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
+    """Record that ``msg``'s signature verified under ``key`` (only call it then)."""
     if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:
-        value: SecAggMessage | bytes = signed
+        value: SecAggMessage | bytes = batch_statement(msg.batch.root, msg.batch.size)
     elif isinstance(msg, _MEMO_TYPES):
         value = msg
     else:

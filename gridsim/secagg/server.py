@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gridsim import _core
+from gridsim import _core, signatures
 from gridsim.exceptions import GridsimError, InvalidInputError, ProtocolError, RoundError
 from gridsim.secagg import masking
 from gridsim.secagg.client import (
@@ -94,7 +94,6 @@ from gridsim.secagg.messages import (
     sign,
     sign_batch,
     signature_check,
-    verify_signature,
 )
 
 log = logging.getLogger(__name__)
@@ -385,20 +384,16 @@ class SecAggServer:
                 raise ProtocolError(f"late: arrived at {now}, the stage closed at {self.deadline}")
             self._accept(msg, signatures_checked)
         except ProtocolError as exc:
-            self._refused(msg, exc)
+            self.refuse(msg, str(exc))
             raise
 
-    def refuse(self, msg: SecAggMessage, reason: str) -> ProtocolError:
-        """Record ``msg`` as rejected for ``reason`` (a failed batched signature check)."""
-        exc = ProtocolError(reason)
-        self._refused(msg, exc)
-        return exc
-
-    def _refused(self, msg: SecAggMessage, exc: ProtocolError) -> None:
+    def refuse(self, msg: SecAggMessage, reason: str) -> None:
+        """Log and record ``msg`` as rejected for ``reason`` (:meth:`receive`'s own
+        refusals, and a caller's failed batched signature check)."""
         meter = msg.meter if isinstance(msg, MeterMessage) else None
-        rejection = Rejection(self.round, meter, type(msg).__name__, str(exc))
+        rejection = Rejection(self.round, meter, type(msg).__name__, reason)
         self.rejected.append(rejection)
-        log.warning("secagg: rejected %s from meter %s: %s", rejection.kind, meter, exc)
+        log.warning("secagg: rejected %s from meter %s: %s", rejection.kind, meter, reason)
 
     def signature_checks(self, msg: SecAggMessage) -> list[tuple[str, tuple[bytes, bytes, bytes]]]:
         """The Ed25519 checks :meth:`receive` makes of ``msg`` (each with what its
@@ -436,11 +431,24 @@ class SecAggServer:
             raise ProtocolError(f"meter {msg.meter} has no part in this stage")
         if msg.meter in self._received():
             raise ProtocolError(f"duplicate {type(msg).__name__} from meter {msg.meter}")
-        if signatures_checked:
-            check_digest(msg)
-            remember_verified(msg, key)
-        else:
-            verify_signature(msg, key)
+        check_digest(msg)
+        ahead = msg.next if isinstance(msg, UnmaskResponse) else None
+        if ahead is not None and (ahead.session, ahead.round, ahead.stage, ahead.meter) != (
+            self.session,
+            self.round + 1,
+            Stage.ADVERTISE,
+            msg.meter,
+        ):
+            raise ProtocolError(
+                f"meter {msg.meter}'s advertisement ahead is not its own for the next round"
+            )
+        if not signatures_checked:
+            for reason, (raw, data, sig) in self.signature_checks(msg):
+                if not signatures.verify(raw, sig, data):
+                    raise ProtocolError(reason)
+        remember_verified(msg, key)
+        if ahead is not None:
+            remember_verified(ahead, key)
         if isinstance(msg, AdvertiseKeys):
             self._adverts[msg.meter] = msg
         elif isinstance(msg, ShareKeys):
@@ -448,7 +456,7 @@ class SecAggServer:
         elif isinstance(msg, MaskedInput):
             self._accept_input(msg)
         else:
-            self._accept_unmask(msg, signatures_checked)
+            self._accept_unmask(msg)
 
     def _accept_shares(self, msg: ShareKeys) -> None:
         u = msg.meter
@@ -463,7 +471,7 @@ class SecAggServer:
         assert p is not None
         if len(msg.data) != masking.packed_len(p.d, p.bits):
             raise ProtocolError(f"masked input of {len(msg.data)} bytes, expected {p.d} values")
-        # verify_signature has checked the data against its digest.
+        # _accept has checked the data against its digest.
         try:
             values = masking.unpack(msg.data, p.bits, p.d)
         except GridsimError as exc:
@@ -471,24 +479,8 @@ class SecAggServer:
         self._inputs[msg.meter] = values
         self._digests[msg.meter] = msg.digest
 
-    def _accept_unmask(self, msg: UnmaskResponse, signatures_checked: bool) -> None:
+    def _accept_unmask(self, msg: UnmaskResponse) -> None:
         u = msg.meter
-        ahead = msg.next
-        if ahead is not None:
-            assert self.round is not None
-            if (ahead.session, ahead.round, ahead.stage, ahead.meter) != (
-                self.session,
-                self.round + 1,
-                Stage.ADVERTISE,
-                u,
-            ):
-                raise ProtocolError(
-                    f"meter {u}'s advertisement ahead is not its own for the next round"
-                )
-            if signatures_checked:
-                remember_verified(ahead, self._enrolled[u])
-            else:
-                verify_signature(ahead, self._enrolled[u])
         mine = self._graph[u]
         # The unmasking stage expects exactly the survivors (a set built once).
         survivors, dropped = self._expected, set(self._dropped)
@@ -502,8 +494,8 @@ class SecAggServer:
             if masking.share_x(r.share) != u + 1:
                 raise ProtocolError(f"meter {u} reveals a share that is not its own")
         self._responses[u] = msg
-        if ahead is not None:
-            self._next_adverts[u] = ahead
+        if msg.next is not None:
+            self._next_adverts[u] = msg.next
 
     # ---- closing stages -------------------------------------------------------------
 

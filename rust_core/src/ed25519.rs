@@ -59,11 +59,16 @@ pub fn verify(public: &[u8; KEY_LEN], message: &[u8], signature: &[u8]) -> bool 
     }
 }
 
-/// [`verify`] for each `(public, message, signature)`, in order, over rayon's pool
-/// (on the calling thread when there are too few to share).
+/// [`verify`] for each `(public, message, signature)`, in order, on the calling thread.
+pub fn verify_each(items: &[(&[u8; KEY_LEN], &[u8], &[u8])]) -> Vec<bool> {
+    items.iter().map(|(p, m, s)| verify(p, m, s)).collect()
+}
+
+/// [`verify_each`] over rayon's pool (on the calling thread when there are too few
+/// to share).
 pub fn verify_many(items: &[(&[u8; KEY_LEN], &[u8], &[u8])]) -> Vec<bool> {
     if items.len() < 2 * MIN_PER_TASK {
-        return items.iter().map(|(p, m, s)| verify(p, m, s)).collect();
+        return verify_each(items);
     }
     items
         .par_iter()

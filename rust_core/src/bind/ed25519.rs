@@ -73,16 +73,12 @@ fn ed25519_verify_many(
         .zip(&signatures)
         .map(|((p, m), s)| Ok((key(py, "public key", p)?, m.as_slice(), s.as_slice())))
         .collect::<PyResult<Vec<_>>>()?;
-    Ok(py.detach(|| {
-        if parallel {
-            ed25519::verify_many(&items)
-        } else {
-            items
-                .iter()
-                .map(|(p, m, s)| ed25519::verify(p, m, s))
-                .collect()
-        }
-    }))
+    let verify = if parallel {
+        ed25519::verify_many
+    } else {
+        ed25519::verify_each
+    };
+    Ok(py.detach(|| verify(&items)))
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
