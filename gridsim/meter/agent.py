@@ -250,7 +250,9 @@ class MeterAgent:
                 return
             if msg.secagg_open and not self._open_secagg(msg.secagg_open):
                 return  # cannot take part in this secure round (logged)
-        self._task = asyncio.get_running_loop().create_task(self._answer_round(msg))
+        joined = self._join_round(msg)
+        if joined is not None:
+            self._task = asyncio.get_running_loop().create_task(self._answer_round(msg, joined))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, holding a reference until it ends."""
@@ -323,12 +325,18 @@ class MeterAgent:
             )
         return True
 
-    async def _answer_round(self, msg: codec.RoundAnnounce) -> None:
+    def _join_round(self, msg: codec.RoundAnnounce) -> asyncio.Future[MeterAnswer] | None:
+        """Join the round's training batch at once (None, logged, if this meter cannot).
+
+        Done as the announcement is handled, not in the round's task: the batch
+        starts when its last meter has joined, and the sharing requests that follow
+        the announcement would otherwise run first (see TrainingPool.submit).
+        """
         try:
             model = codec.vector_from_bytes(msg.model, self.pool.layout_dim)
         except MessageError as exc:
             log.warning("meter %d: round %d has a bad model: %s", self.meter, msg.round, exc)
-            return
+            return None
         secure = msg.train and bool(msg.secagg_key)
         expected = _expected_meters(self.pool, msg, secure, self.seed, self.dropout)
         p = msg.plan
@@ -337,8 +345,8 @@ class MeterAgent:
         if msg.train and msg.ddgauss is not None:
             encoding = self._ddgauss(msg, secure)
             if encoding is None:
-                return
-        answer = await self.pool.request(
+                return None
+        return self.pool.submit(
             self.meter,
             round_=msg.round,
             train=msg.train,
@@ -347,6 +355,12 @@ class MeterAgent:
             expected=expected,
             ddgauss=encoding,
         )
+
+    async def _answer_round(
+        self, msg: codec.RoundAnnounce, joined: asyncio.Future[MeterAnswer]
+    ) -> None:
+        secure = msg.train and bool(msg.secagg_key)
+        answer = await asyncio.shield(joined)
         if secure:
             # The delta leaves this meter only masked, when the aggregator asks for it.
             if not self._trained.done():

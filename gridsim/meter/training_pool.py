@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 import weakref
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Final, cast
@@ -101,6 +101,11 @@ class _Batch:
     ddgauss: DDGaussEncoding | None = None
     waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
     arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    opened: float = dataclasses.field(default_factory=time.perf_counter)
+    # Set by TrainingPool._launch: the meters it trains, when, and its running work.
+    meters: list[int] | None = None
+    gathered: float = 0.0
+    work: asyncio.Future[list[MeterAnswer]] | None = None
 
 
 def privatize(delta: npt.NDArray[np.float32], plan: TrainConfig) -> npt.NDArray[np.float32]:
@@ -154,7 +159,9 @@ class TrainingPool:
         self.child_cpu_s: dict[int, float] = {}
         """CPU seconds each training child (also one since replaced) reported last, by pid."""
         self._batches: dict[tuple[int, bool], _Batch] = {}
-        self._compute = asyncio.Lock()
+        # One batch at a time: the children's executors have one worker each and
+        # take batches in order; in this process, one thread (see _launch).
+        self._thread: ThreadPoolExecutor | None = None
         self._frozen = False
         self.trained_at: float | None = None
         """When (``time.perf_counter``) the last training batch finished."""
@@ -223,6 +230,9 @@ class TrainingPool:
         executors, self._executors = self._executors, None
         for executor in executors or []:
             executor.shutdown(wait=True, cancel_futures=True)
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=True, cancel_futures=True)
 
     def local(self, meters: list[int]) -> list[int]:
         return [m for m in meters if m in self._row]
@@ -243,6 +253,36 @@ class TrainingPool:
         With ``ddgauss`` the answer also carries the update's DDGauss encoding,
         computed for the whole batch at once.
         """
+        fut = self.submit(
+            meter,
+            round_=round_,
+            train=train,
+            model=model,
+            plan=plan,
+            expected=expected,
+            ddgauss=ddgauss,
+        )
+        return await asyncio.shield(fut)
+
+    def submit(
+        self,
+        meter: int,
+        *,
+        round_: int,
+        train: bool,
+        model: npt.NDArray[np.float32],
+        plan: TrainConfig,
+        expected: int,
+        ddgauss: DDGaussEncoding | None = None,
+    ) -> asyncio.Future[MeterAnswer]:
+        """Join this round's batch now; the future resolves as :meth:`request` does.
+
+        Synchronous, and the meter that completes the batch hands it to the
+        training at once: under SecAgg+ the agents' sharing work fills whole
+        iterations of the event loop (500 meters' key agreements, a third of a
+        second), and a batch that waited for its task's next turn started that
+        much later.
+        """
         key = (round_, train)
         batch = self._batches.get(key)
         if batch is None:
@@ -254,80 +294,92 @@ class TrainingPool:
             fut = asyncio.get_running_loop().create_future()
             batch.waiting[meter] = fut
             batch.arrived.set()
-        return await asyncio.shield(fut)
+            if len(batch.waiting) >= batch.expected:
+                self._launch(key, batch)
+        return fut
 
-    async def _run(self, job: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
-        if self.child_threads is not None:
-            # Each child trains its own meters' rows (in its local numbering).
-            owner = np.searchsorted(self._bounds, rows, side="right") - 1
-            children = self._children()
-            parts = [(i, np.flatnonzero(owner == i)) for i in range(len(children))]
-            parts = [(i, part) for i, part in parts if len(part)]
-            try:
-                submitted = [
-                    children[i].submit(_child_run, job, rows[part] - self._bounds[i])
-                    for i, part in parts
-                ]
-                done = await asyncio.gather(*(asyncio.wrap_future(f) for f in submitted))
-            except BrokenProcessPool:
-                # A child died (killed, out of memory): the next batch starts anew.
-                self.close()
-                raise
-            answers: list[MeterAnswer | None] = [None] * len(rows)
-            for (_, part), (got, (pid, peak_kb, cpu_s)) in zip(parts, done, strict=True):
-                self.child_peak_rss_kb[pid] = peak_kb
-                self.child_cpu_s[pid] = cpu_s
-                for i, answer in zip(part.tolist(), got, strict=True):
-                    answers[i] = answer
-            assert all(a is not None for a in answers)
-            return cast(list[MeterAnswer], answers)
-        # Batched training runs thousands of small torch ops, each of which
-        # releases the GIL and must win it back from the event loop. Under
-        # secure aggregation the loop is busy with hundreds of agents'
-        # messages, and at the default 5 ms switch interval every hand-back
-        # waits for it: training took 3x as long. A shorter interval while
-        # the batch runs keeps the hand-backs short.
-        interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, TRAINING_SWITCH_INTERVAL_S))
+    def _launch(self, key: tuple[int, bool], batch: _Batch) -> None:
+        """Start training ``batch`` with the meters it has now (once)."""
+        if batch.work is not None:
+            return
+        del self._batches[key]
+        meters = batch.meters = sorted(batch.waiting)
+        rows = np.array([self._row[m] for m in meters], dtype=np.int64)
+        job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)
+        batch.gathered = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        if self.child_threads is None:
+            if self._thread is None:
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="gridsim-train")
+            batch.work = loop.run_in_executor(self._thread, self._here.run_quickly, job, rows)
+            return
+        # Each child trains its own meters' rows (in its local numbering).
+        owner = np.searchsorted(self._bounds, rows, side="right") - 1
+        children = self._children()
+        parts = [(i, np.flatnonzero(owner == i)) for i in range(len(children))]
+        parts = [(i, part) for i, part in parts if len(part)]
         try:
-            return await asyncio.to_thread(self._here.run, job, rows)
-        finally:
-            sys.setswitchinterval(interval)
+            submitted = [
+                children[i].submit(_child_run, job, rows[part] - self._bounds[i])
+                for i, part in parts
+            ]
+        except BrokenProcessPool as exc:
+            failed = loop.create_future()
+            failed.set_exception(exc)
+            batch.work = failed
+            return
+        batch.work = loop.create_task(self._collect(len(rows), parts, submitted))
+
+    async def _collect(
+        self,
+        n: int,
+        parts: list[tuple[int, npt.NDArray[np.int64]]],
+        submitted: list[Future[Any]],
+    ) -> list[MeterAnswer]:
+        """The children's answers to one batch, in the batch's order."""
+        done = await asyncio.gather(*(asyncio.wrap_future(f) for f in submitted))
+        answers: list[MeterAnswer | None] = [None] * n
+        for (_, part), (got, (pid, peak_kb, cpu_s)) in zip(parts, done, strict=True):
+            self.child_peak_rss_kb[pid] = peak_kb
+            self.child_cpu_s[pid] = cpu_s
+            for i, answer in zip(part.tolist(), got, strict=True):
+                answers[i] = answer
+        assert all(a is not None for a in answers)
+        return cast(list[MeterAnswer], answers)
 
     async def _run_batch(self, key: tuple[int, bool], batch: _Batch) -> None:
-        opened = time.perf_counter()
         # Wait for every expected meter, but not for ever: a meter may be offline.
-        while len(batch.waiting) < batch.expected:
+        while batch.work is None and len(batch.waiting) < batch.expected:
             batch.arrived.clear()
             try:
                 async with asyncio.timeout(self.linger_s):  # cancellable, unlike wait_for
                     await batch.arrived.wait()
             except TimeoutError:
                 break
-        del self._batches[key]
-        meters = sorted(batch.waiting)
-        rows = np.array([self._row[m] for m in meters], dtype=np.int64)
-        job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)
-        gathered = time.perf_counter()
+        self._launch(key, batch)
+        assert batch.work is not None and batch.meters is not None
+        meters = batch.meters
         try:
-            async with self._compute:
-                answers = await self._run(job, rows)
-            if batch.train:
-                self.trained_at = time.perf_counter()
-            log.debug(
-                "round %d: batch of %d meters gathered in %.3f s, %s in %.3f s",
-                batch.round,
-                len(meters),
-                gathered - opened,
-                "trained" if batch.train else "evaluated",
-                time.perf_counter() - gathered,
-            )
+            answers = await batch.work
         except Exception as exc:
+            if isinstance(exc, BrokenProcessPool):
+                # A child died (killed, out of memory): the next batch starts anew.
+                self.close()
             log.exception("local training of %d meters failed", len(meters))
             for fut in batch.waiting.values():
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        if batch.train:
+            self.trained_at = time.perf_counter()
+        log.debug(
+            "round %d: batch of %d meters gathered in %.3f s, %s in %.3f s",
+            batch.round,
+            len(meters),
+            batch.gathered - batch.opened,
+            "trained" if batch.train else "evaluated",
+            time.perf_counter() - batch.gathered,
+        )
         if not self._frozen:
             # torch finishes its lazy imports in the first batch. From then on the
             # process's long-lived objects (torch, the data, the agents) stay out of
@@ -371,6 +423,23 @@ class _Compute:
         data = self.data.select(np.zeros(1, dtype=np.int64))
         trainer.evaluate(model, data)
         trainer.train(model, data, seed=self.seed, round_=0)
+
+    def run_quickly(self, batch: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
+        """:meth:`run` in a thread of a process whose event loop is busy.
+
+        Batched training runs thousands of small torch ops, each of which
+        releases the GIL and must win it back from the event loop. Under secure
+        aggregation the loop is busy with hundreds of agents' messages, and at the
+        default 5 ms switch interval every hand-back waits for it: training took
+        3x as long. A shorter interval while the batch runs keeps the hand-backs
+        short.
+        """
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, TRAINING_SWITCH_INTERVAL_S))
+        try:
+            return self.run(batch, rows)
+        finally:
+            sys.setswitchinterval(interval)
 
     def run(self, batch: _Job, rows: npt.NDArray[np.int64]) -> list[MeterAnswer]:
         data = self.data.select(rows)

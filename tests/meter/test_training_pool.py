@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -82,3 +83,38 @@ def test_children_train_at_the_niceness_asked_for() -> None:
         assert [ex.submit(os.nice, 0).result() for ex in pool._children()] == [mine + 5] * 2
     finally:
         pool.close()
+
+
+def test_a_batch_starts_training_when_its_last_meter_joins_even_if_the_loop_stays_busy() -> None:
+    # Under SecAgg+ the agents keep the event loop busy for whole iterations right
+    # after a round's announcement; the batch must not wait for a turn on the loop.
+    # (In a thread, so its progress shows in this process's CPU time.)
+    pool = TrainingPool(meter_windows(METERS, CFG), seed=CFG.seed)
+    model = initial_parameters(CFG.seed)
+    plan = TrainConfig(local_epochs=1, batch_size=32, lr=0.003)
+
+    async def one_round(round_: int, busy: bool) -> tuple[float, bool]:
+        cpu = time.process_time()
+        joined = [
+            pool.submit(m, round_=round_, train=True, model=model, plan=plan, expected=4)
+            for m in METERS
+        ]
+        progressed = False
+        if busy:
+            # No await until the training has used most of what a batch takes
+            # (sleeping, so its thread gets the GIL), or a minute has passed.
+            give_up = time.monotonic() + 60
+            while not progressed and time.monotonic() < give_up:
+                time.sleep(0.01)  # noqa: ASYNC251 (blocking the loop is the point)
+                progressed = time.process_time() - cpu > 0.8 * batch_cpu
+        answers = await asyncio.gather(*joined)
+        assert all(a.delta is not None and np.abs(a.delta).max() > 0 for a in answers)
+        return time.process_time() - cpu, progressed
+
+    try:
+        pool.warm_up()
+        batch_cpu, _ = asyncio.run(one_round(0, busy=False))
+        _, progressed = asyncio.run(one_round(1, busy=True))
+    finally:
+        pool.close()
+    assert progressed
