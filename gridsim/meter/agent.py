@@ -463,6 +463,10 @@ class MeterAgent:
             offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
             reply: sa.MeterMessage
             if isinstance(msg, sa.ShareRequest):
+                # The sharing request follows the round's announcement at once: let
+                # the other meters handle theirs (and join the training batch, which
+                # starts once the last has) before this meter's key agreements.
+                await asyncio.sleep(0)
                 reply = await _call(offload, client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):
                 if msg.recipient != self.meter or msg.round != self._trained_round:

@@ -81,6 +81,16 @@ def test_the_override_replaces_a_method_aiomqtt_still_has() -> None:
     assert list(inspect.signature(original).parameters) == list(inspect.signature(ours).parameters)
 
 
+def test_the_fast_message_iterator_reads_a_queue_aiomqtt_still_has() -> None:
+    # _messages takes queued messages from aiomqtt's private queue; if aiomqtt
+    # renamed it, every connection would fail at its first message, so say why here.
+    async def check() -> None:
+        client = _Client("127.0.0.1", 1)  # never connected
+        assert isinstance(client._queue, asyncio.Queue)
+
+    asyncio.run(check())
+
+
 def test_buffered_reads_serve_small_pieces_from_one_system_call() -> None:
     # paho asks for one byte, then one, then the rest of each packet; the buffer
     # takes what the kernel holds in one read and hands it out piece by piece, and
