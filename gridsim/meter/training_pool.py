@@ -237,33 +237,6 @@ class TrainingPool:
     def local(self, meters: list[int]) -> list[int]:
         return [m for m in meters if m in self._row]
 
-    async def request(
-        self,
-        meter: int,
-        *,
-        round_: int,
-        train: bool,
-        model: npt.NDArray[np.float32],
-        plan: TrainConfig,
-        expected: int,
-        ddgauss: DDGaussEncoding | None = None,
-    ) -> MeterAnswer:
-        """This meter's update for the round; resolves once its batch has run.
-
-        With ``ddgauss`` the answer also carries the update's DDGauss encoding,
-        computed for the whole batch at once.
-        """
-        fut = self.submit(
-            meter,
-            round_=round_,
-            train=train,
-            model=model,
-            plan=plan,
-            expected=expected,
-            ddgauss=ddgauss,
-        )
-        return await asyncio.shield(fut)
-
     def submit(
         self,
         meter: int,
@@ -275,7 +248,9 @@ class TrainingPool:
         expected: int,
         ddgauss: DDGaussEncoding | None = None,
     ) -> asyncio.Future[MeterAnswer]:
-        """Join this round's batch now; the future resolves as :meth:`request` does.
+        """Join this round's batch; the future resolves to this meter's update once
+        the batch has run (with ``ddgauss``, also to the update's DDGauss encoding,
+        computed for the whole batch at once).
 
         Synchronous, and the meter that completes the batch hands it to the
         training at once: under SecAgg+ the agents' sharing work fills whole

@@ -26,7 +26,7 @@ async def _round(pool: TrainingPool, round_: int) -> dict[int, MeterAnswer]:
     plan = TrainConfig(local_epochs=1, batch_size=32, lr=0.003)
     answers = await asyncio.gather(
         *(
-            pool.request(m, round_=round_, train=True, model=model, plan=plan, expected=4)
+            pool.submit(m, round_=round_, train=True, model=model, plan=plan, expected=4)
             for m in METERS
         )
     )
