@@ -102,8 +102,7 @@ class _Batch:
     waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
     arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     opened: float = dataclasses.field(default_factory=time.perf_counter)
-    # Set by TrainingPool._launch: the meters it trains, when, and its running work.
-    meters: list[int] | None = None
+    # Set by TrainingPool._launch: when it started, and the running work.
     gathered: float = 0.0
     work: asyncio.Future[list[MeterAnswer]] | None = None
 
@@ -278,7 +277,7 @@ class TrainingPool:
         if batch.work is not None:
             return
         del self._batches[key]
-        meters = batch.meters = sorted(batch.waiting)
+        meters = sorted(batch.waiting)  # fixed from here: the batch left _batches
         rows = np.array([self._row[m] for m in meters], dtype=np.int64)
         job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)
         batch.gathered = time.perf_counter()
@@ -324,16 +323,16 @@ class TrainingPool:
 
     async def _run_batch(self, key: tuple[int, bool], batch: _Batch) -> None:
         # Wait for every expected meter, but not for ever: a meter may be offline.
-        while batch.work is None and len(batch.waiting) < batch.expected:
+        while len(batch.waiting) < batch.expected:
             batch.arrived.clear()
             try:
                 async with asyncio.timeout(self.linger_s):  # cancellable, unlike wait_for
                     await batch.arrived.wait()
             except TimeoutError:
                 break
-        self._launch(key, batch)
-        assert batch.work is not None and batch.meters is not None
-        meters = batch.meters
+        self._launch(key, batch)  # unless its last meter has launched it
+        assert batch.work is not None
+        meters = sorted(batch.waiting)
         try:
             answers = await batch.work
         except Exception as exc:
