@@ -139,7 +139,8 @@ def shamir_combine(shares: list[bytes]) -> bytes:
 def chacha20poly1305_seal(
     keys: list[bytes], nonces: list[bytes], plaintexts: list[bytes], ads: list[bytes]
 ) -> list[bytes]:
-    """ChaCha20-Poly1305 (RFC 8439) of each plaintext: ``ciphertext || tag`` (GIL released)."""
+    """ChaCha20-Poly1305 (RFC 8439) of each plaintext: ``ciphertext || tag`` (GIL released
+    from 256 items on)."""
 
 def chacha20poly1305_open(
     keys: list[bytes], nonces: list[bytes], ciphertexts: list[bytes], ads: list[bytes]

@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 from gridsim import _core
 from gridsim.exceptions import InvalidInputError, ProtocolError
 from gridsim.secagg import messages as msg
-from gridsim.secagg.client import derive_pair_keys, pairwise_seed_info, share_key_info
+from gridsim.secagg.client import (
+    _Labels,
+    derive_pair_keys,
+    pairwise_seed_info,
+    share_ad,
+    share_key_info,
+)
 
 from .reference import hkdf as _hkdf
 from .reference import pairwise_seed, public_bytes, share_key
@@ -69,6 +75,27 @@ def test_batched_pair_keys_equal_openssl_agreement_and_hkdf(
     assert out == share_key(ska, pkb, "sess", round_, u, v)
     assert inbound == share_key(skb, public_bytes(ska), "sess", round_, v, u)
     assert len({seed, out, inbound}) == 3
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    session=st.text(max_size=20),
+    round_=st.integers(0, 2**63),
+    u=st.integers(0, 2**32 - 1),
+    peers=st.lists(st.integers(0, 2**32 - 1), max_size=5),
+)
+def test_a_meters_batched_labels_equal_the_documented_ones(
+    session: str, round_: int, u: int, peers: list[int]
+) -> None:
+    """The client builds its HKDF infos and AEAD ADs in batches: the same bytes."""
+    labels = _Labels(session, round_, u)
+    assert labels.seed_infos(peers) == [[pairwise_seed_info(session, round_, u, v)] for v in peers]
+    assert labels.share_key_infos(peers) == [
+        [share_key_info(session, round_, u, v), share_key_info(session, round_, v, u)]
+        for v in peers
+    ]
+    assert labels.ads_to(peers) == [share_ad(session, round_, u, v) for v in peers]
+    assert labels.ads_from(peers) == [share_ad(session, round_, v, u) for v in peers]
 
 
 def test_batched_pair_keys_name_the_meter_with_a_degenerate_key() -> None:
