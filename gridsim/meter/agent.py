@@ -463,21 +463,19 @@ class MeterAgent:
             offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
             reply: sa.MeterMessage
             if isinstance(msg, sa.ShareRequest):
-                # The sharing request follows the round's announcement at once: let
-                # the other meters handle theirs (and join the training batch, which
-                # starts once the last has) before this meter's key agreements. Here,
-                # not as a turn per queued message in the transport: that cost every
-                # message an iteration (secure round 2.07 -> 2.14 s) and still let
-                # one batch in ten start half a second late.
-                await asyncio.sleep(0)
+                # The sharing request follows the round's announcement at once: the
+                # other meters handle theirs (and join the training batch, which
+                # starts once the last has) before this meter's key agreements.
+                await self.pool.launched(msg.round)
                 reply = await _call(offload, client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):
                 if msg.recipient != self.meter or msg.round != self._trained_round:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
-                # Shares and masks while the training runs; afterwards masking is one
-                # addition.
+                # Shares, masks and the next round's keys while the training runs;
+                # afterwards masking is one addition.
                 await _call(offload, client.prepare_masked_input, msg)
+                client.prepare_next_keys()
                 answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
 
                 def report(digest: bytes, saturated: int) -> bytes:

@@ -101,6 +101,7 @@ class _Batch:
     ddgauss: DDGaussEncoding | None = None
     waiting: dict[int, asyncio.Future[MeterAnswer]] = dataclasses.field(default_factory=dict)
     arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    launched: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     opened: float = dataclasses.field(default_factory=time.perf_counter)
     # Set by TrainingPool._launch: when it started, and the running work.
     gathered: float = 0.0
@@ -272,11 +273,25 @@ class TrainingPool:
                 self._launch(key, batch)
         return fut
 
+    async def launched(self, round_: int) -> None:
+        """Wait until ``round_``'s training batch has started (its last meter joined,
+        or the wait for missing ones ended); at once when none is gathering.
+
+        SecAgg+ agents wait here before their key agreements: a sharing request can
+        arrive before the other meters of the process have read the round's
+        announcement, and every agent's sharing done first (0.6 ms each) delays the
+        batch, while one core idles, by as much.
+        """
+        batch = self._batches.get((round_, True))
+        if batch is not None:
+            await batch.launched.wait()
+
     def _launch(self, key: tuple[int, bool], batch: _Batch) -> None:
         """Start training ``batch`` with the meters it has now (once)."""
         if batch.work is not None:
             return
         del self._batches[key]
+        batch.launched.set()
         meters = sorted(batch.waiting)  # fixed from here: the batch left _batches
         rows = np.array([self._row[m] for m in meters], dtype=np.int64)
         job = _Job(batch.round, batch.train, batch.model, batch.plan, batch.ddgauss)

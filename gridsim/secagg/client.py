@@ -243,6 +243,9 @@ class SecAggClient:
         # Keys for the next round, advertised ahead in the last unmasking response:
         # (their advertisement, the 96 secret bytes); see unmask.
         self._pending: tuple[AdvertiseKeys, bytes] | None = None
+        # Keys for the next round made ahead of the unmasking response that sends
+        # them (see prepare_next_keys); never sent until then.
+        self._next: tuple[AdvertiseKeys, bytes] | None = None
         self._inbound_keys: dict[int, bytes] = {}
         self._pair_seeds: dict[int, bytes] = {}
         self._held: dict[int, tuple[bytes, bytes]] = {}
@@ -353,7 +356,7 @@ class SecAggClient:
             )
         else:
             advert, fresh = self._new_keys(request.round)
-        self._pending = None
+        self._pending = self._next = None
         enc_sk, agree_sk, self_seed = fresh[:32], fresh[32:64], fresh[64:]
         self._last_round = request.round
         self._params = p
@@ -600,6 +603,22 @@ class SecAggClient:
         )
         return sign(reply, self._signing_key)
 
+    def prepare_next_keys(self) -> AdvertiseKeys | None:
+        """Make the keys the unmasking response will send ahead for the next round,
+        and return their advertisement (None outside a round).
+
+        Optional: :meth:`unmask` makes them itself otherwise. A meter calls this while
+        it trains, so that its answer to the unmasking request, which the whole
+        round waits for, need not generate keys (two X25519 key pairs and a
+        signature, 40 us). They stay here, unsent, until that answer; a round that
+        ends without one throws them away.
+        """
+        if self._expect is None:
+            return None
+        if self._next is None:
+            self._next = self._new_keys(self._last_round + 1)
+        return self._next[0]
+
     # ---- stage 3: unmask --------------------------------------------------------------
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
@@ -636,7 +655,10 @@ class SecAggClient:
         self._held = {}
         self._self_seed = self._agree_sk = self._enc_sk = b""
         # The next round's keys go out now, so that round need not wait for them.
-        self._pending = self._new_keys(self._last_round + 1)
+        ahead = self._next
+        if ahead is None or ahead[0].round != self._last_round + 1:
+            ahead = self._new_keys(self._last_round + 1)
+        self._pending, self._next = ahead, None
         reply = UnmaskResponse(
             v=SECAGG_WIRE_VERSION,
             session=self.session,

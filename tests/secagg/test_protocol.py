@@ -57,6 +57,7 @@ class Federation:
     server_key: Ed25519PrivateKey
     replies: dict[Stage, dict[int, msg.MeterMessage]] = field(default_factory=dict)
     requests: dict[Stage, dict[int, msg.ServerMessage]] = field(default_factory=dict)
+    next_keys: dict[int, msg.AdvertiseKeys] = field(default_factory=dict)
 
 
 def federation(
@@ -111,9 +112,10 @@ def run_round(
     ``fed.requests``) and return the outbox that carried them. With ``refusals``, a
     meter that refuses a request (ProtocolError) goes silent, as over a real
     transport, and the reason is appended; without it the error propagates. With
-    ``prepare``, meters prepare their masks (twice) before masking, as the agent does
-    while it trains. With ``gone_known``, the transport knows who went silent (their
-    connection dropped, say) and each stage closes before its deadline.
+    ``prepare``, meters prepare their masks and next round's keys (twice) before
+    masking, as the agent does while it trains (the keys go to ``fed.next_keys``).
+    With ``gone_known``, the transport knows who went silent (their connection
+    dropped, say) and each stage closes before its deadline.
     """
     drop = drop or {}
     server, now = fed.server, 0.0
@@ -147,6 +149,9 @@ def run_round(
                     if prepare:
                         client.prepare_masked_input(req)
                         client.prepare_masked_input(req)
+                        made = client.prepare_next_keys()
+                        assert made is not None and client.prepare_next_keys() == made
+                        fed.next_keys[m] = made
                     reply = client.masked_input(req, inputs[m])
                 else:
                     assert isinstance(req, msg.UnmaskRequest)
@@ -569,6 +574,19 @@ def test_keys_sent_ahead_are_sent_again_unchanged_to_a_server_without_them() -> 
     out = run_round(fed, 2, inputs)
     assert out.result is not None and out.result.verified is True
     assert fed.replies[Stage.ADVERTISE] == ahead
+
+
+def test_keys_made_while_training_are_the_ones_sent_ahead() -> None:
+    fed = federation(10, _config(10))
+    inputs = inputs_for(fed)
+    out = run_round(fed, 1, inputs, prepare=True)
+    assert out.result is not None and out.result.verified is True
+    sent = {m: r.next for m, r in fed.replies[Stage.UNMASK].items()}
+    assert sent == fed.next_keys and all(a.round == 2 for a in sent.values())
+    # The next round opens at sharing with them, and sums exactly.
+    out = run_round(fed, 2, inputs, prepare=True)
+    assert out.result is not None and out.result.verified is True
+    assert fed.replies[Stage.ADVERTISE] == {}
 
 
 def test_server_refuses_an_advertisement_ahead_that_is_not_the_next_rounds() -> None:
