@@ -88,8 +88,12 @@ class MeterAgent:
         self.peer_keys = peer_keys if peer_keys is not None else shared_peer_keys(seed)
         self._secagg: SecAggClient | None = None
         self._secagg_key = b""
-        self._trained: asyncio.Future[MeterAnswer] = asyncio.get_running_loop().create_future()
+        # The secure round in progress: its training answer once the batch has run,
+        # and its masked-input request (with the topic it came on) once prepared for,
+        # until both are here and the masked input goes out.
+        self._trained: MeterAnswer | None = None
         self._trained_round = -1
+        self._masking: tuple[str, sa.MaskedInputRequest] | None = None
         # The last message sent in answer to a round, (round, topic, payload): sent
         # again when the aggregator announces that round again, e.g. after a broker
         # restart, which may have lost it.
@@ -297,8 +301,7 @@ class MeterAgent:
         elif msg.secagg_key != self._secagg_key:
             self._drop(self.topics.round, "secure-aggregation key differs from the pinned one")
             return False
-        self._trained = asyncio.get_running_loop().create_future()
-        self._trained_round = msg.round
+        self._trained, self._trained_round, self._masking = None, msg.round, None
         return True
 
     def _open_secagg(self, payload: bytes) -> bool:
@@ -362,9 +365,13 @@ class MeterAgent:
         secure = msg.train and bool(msg.secagg_key)
         answer = await asyncio.shield(joined)
         if secure:
-            # The delta leaves this meter only masked, when the aggregator asks for it.
-            if not self._trained.done():
-                self._trained.set_result(answer)
+            # The delta leaves this meter only masked, when the aggregator asks for it:
+            # now, if it has.
+            if msg.round == self._trained_round and self._trained is None:
+                self._trained, waiting = answer, self._masking
+                if waiting is not None:
+                    self._masking = None
+                    await self._send_masked(*waiting, answer)
             return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
         await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
@@ -473,26 +480,16 @@ class MeterAgent:
                     self._drop(topic, f"masked-input request for round {msg.round}")
                     return
                 # Shares, masks and the next round's keys while the training runs;
-                # afterwards masking is one addition.
+                # afterwards masking is one addition. The masked input goes out when
+                # both the training answer and this request are here, whichever is
+                # last: the handler does not wait, so the meter's other messages are
+                # not held up behind its training.
                 await _call(offload, client.prepare_masked_input, msg)
                 client.prepare_next_keys()
-                answer = await asyncio.wait_for(asyncio.shield(self._trained), 120)
-
-                def report(digest: bytes, saturated: int) -> bytes:
-                    # The round report rides inside the signed masked input.
-                    return self._update(msg.round, answer, b"", digest, saturated)
-
-                if answer.encoded is not None:
-                    masked = client.masked_input_quantized(msg, answer.encoded, report)
-                else:
-                    assert answer.delta is not None
-                    masked = client.masked_input(msg, answer.delta, report)
-                if self.pool.quantized is not None and client.quantized is not None:
-                    self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
-                self._answered(msg.round, answer, masked.digest)
-                await self._reply_with(
-                    msg.round, self.topics.secagg_up(self.meter), sa.encode(masked)
-                )
+                if self._trained is None:
+                    self._masking = (topic, msg)
+                    return
+                await self._send_masked(topic, msg, self._trained)
                 return
             elif isinstance(msg, sa.UnmaskRequest):
                 reply = client.unmask(msg)
@@ -503,6 +500,31 @@ class MeterAgent:
             self._drop(topic, f"secure aggregation: {exc}")
             return
         await self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
+
+    async def _send_masked(
+        self, topic: str, msg: sa.MaskedInputRequest, answer: MeterAnswer
+    ) -> None:
+        """Mask this meter's update (with its round report inside) and send it."""
+        client = self._secagg
+        assert client is not None
+
+        def report(digest: bytes, saturated: int) -> bytes:
+            # The round report rides inside the signed masked input.
+            return self._update(msg.round, answer, b"", digest, saturated)
+
+        try:
+            if answer.encoded is not None:
+                masked = client.masked_input_quantized(msg, answer.encoded, report)
+            else:
+                assert answer.delta is not None
+                masked = client.masked_input(msg, answer.delta, report)
+        except ProtocolError as exc:
+            self._drop(topic, f"secure aggregation: {exc}")
+            return
+        if self.pool.quantized is not None and client.quantized is not None:
+            self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
+        self._answered(msg.round, answer, masked.digest)
+        await self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(masked))
 
     async def _reply_with(self, round_: int, topic: str, payload: bytes) -> None:
         """Send this meter's answer to ``round_``, kept for a re-announcement."""
