@@ -288,12 +288,12 @@ class MeterAgent:
 
     def _start_secagg(self, msg: codec.RoundAnnounce) -> bool:
         """Set up this round's SecAgg+ client (pinning the aggregator's key on first use)."""
-        try:
-            server_key = Ed25519PublicKey.from_public_bytes(msg.secagg_key)
-        except ValueError:
-            self._drop(self.topics.round, "bad secure-aggregation key")
-            return False
         if self._secagg is None:
+            try:
+                server_key = Ed25519PublicKey.from_public_bytes(msg.secagg_key)
+            except ValueError:
+                self._drop(self.topics.round, "bad secure-aggregation key")
+                return False
             self._secagg = SecAggClient(
                 self.meter, self._key, server_key, self.peer_keys, session=self.session
             )

@@ -196,6 +196,44 @@ def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
     ).digest()
 
 
+_RoundView = tuple[Mapping[int, frozenset[int]], frozenset[int], frozenset[int]]
+
+_round_views: dict[bytes, tuple[AdvertiseRequest, _RoundView]] = {}
+"""The last few round openings checked in this process, by signature (see _round_view)."""
+
+
+def _round_view(request: AdvertiseRequest) -> _RoundView:
+    """Check a round opening's parameters and return its graph, selected meters and
+    meters ready; raise :class:`ProtocolError` for parameters that weaken privacy.
+
+    The work grows with the number of meters, and every meter of a process gets the
+    same opening: it is done once per process and opening (an equal request, the
+    signature included, finds the result of the first), not 500 times.
+    """
+    seen = _round_views.get(request.sig)
+    if seen is not None and seen[0] == request:
+        return seen[1]
+    p = request.params
+    n = len(p.meters)
+    selected = frozenset(p.meters)
+    if len(selected) != n or not 1 <= p.neighbors <= n - 1:
+        raise ProtocolError("round parameters: repeated meters or impossible degree")
+    if resolve_degree(n, p.neighbors) != p.neighbors or p.neighbors < min_degree(n):
+        raise ProtocolError(
+            f"degree {p.neighbors} is not an even degree of at least {min_degree(n)} "
+            f"or every pair, for {n} meters"
+        )
+    if not threshold_for(p.neighbors) <= p.threshold <= p.neighbors:
+        raise ProtocolError(
+            f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
+        )
+    view = (neighbor_graph(p.meters, p.neighbors, p.graph_seed), selected, frozenset(request.ready))
+    if len(_round_views) >= 8:
+        del _round_views[next(iter(_round_views))]
+    _round_views[request.sig] = (request, view)
+    return view
+
+
 Report = Callable[[bytes, int], bytes]
 """Builds a masked input's report from its SHA-256 and its count of clipped values."""
 
@@ -330,23 +368,11 @@ class SecAggClient:
         """
         self._check(request, AdvertiseRequest, Stage.ADVERTISE)
         p = request.params
-        n = len(p.meters)
-        if self.meter not in p.meters:
+        graph, selected, ready_ones = _round_view(request)
+        if self.meter not in selected:
             raise ProtocolError(f"meter {self.meter} is not selected in round {request.round}")
-        if len(set(p.meters)) != n or not 1 <= p.neighbors <= n - 1:
-            raise ProtocolError("round parameters: repeated meters or impossible degree")
-        if resolve_degree(n, p.neighbors) != p.neighbors or p.neighbors < min_degree(n):
-            raise ProtocolError(
-                f"degree {p.neighbors} is not an even degree of at least {min_degree(n)} "
-                f"or every pair, for {n} meters"
-            )
-        if not threshold_for(p.neighbors) <= p.threshold <= p.neighbors:
-            raise ProtocolError(
-                f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
-            )
-        graph = neighbor_graph(p.meters, p.neighbors, p.graph_seed)
         pending = self._pending
-        ready = self.meter in request.ready
+        ready = self.meter in ready_ones
         if pending is not None and pending[0].round == request.round:
             advert, fresh = pending  # sent ahead: the same keys, never a second set
         elif ready:
