@@ -12,9 +12,10 @@ with its results. The worker verifies a small batch on its own thread: it is the
 spare core's work while the loop keeps the other, and rayon's pool would add
 threads that compete with the loop (and the training processes) and spin between
 batches. A large batch (:data:`PARALLEL_MIN` checks) is split over rayon's pool:
-it is a stage's burst of answers, which the round waits for, and after training the
+it is a stage's burst of answers, which the round waits for. After training the
 cores are free (the 744 checks left of 1,000 after a first batch of 256 took 17 ms
-on one core).
+on one core); the sharing stage's burst comes while the meters train, and there
+rayon's threads take their turn from the training processes (the same CPU).
 """
 
 from __future__ import annotations

@@ -222,6 +222,9 @@ class MeterAgent:
             return  # already working on it, or a stale announcement
         self._current_round = msg.round
         self._sits_out = -1
+        # Whatever the last secure round left waiting goes: its masked input must
+        # not go out once a new round has begun (_start_secagg sets up a secure one).
+        self._trained, self._trained_round, self._masking = None, -1, None
         # Retained on the first connection: announced before this meter started. (After
         # a broker restart the re-published announcement may come retained too, to a
         # meter that holds its round and goes on.)
@@ -366,12 +369,17 @@ class MeterAgent:
         answer = await asyncio.shield(joined)
         if secure:
             # The delta leaves this meter only masked, when the aggregator asks for it:
-            # now, if it has.
-            if msg.round == self._trained_round and self._trained is None:
+            # now, if it has, and the round is still this meter's current one.
+            if msg.round == self._trained_round == self._current_round and self._trained is None:
                 self._trained, waiting = answer, self._masking
                 if waiting is not None:
                     self._masking = None
-                    await self._send_masked(*waiting, answer)
+                    try:
+                        await self._send_masked(*waiting, answer)
+                    except Exception:
+                        # This task has no one to report to (the handler that parked
+                        # the request has returned): say so here.
+                        log.exception("meter %d: masking round %d failed", self.meter, msg.round)
             return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
         await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
@@ -472,7 +480,9 @@ class MeterAgent:
             if isinstance(msg, sa.ShareRequest):
                 # The sharing request follows the round's announcement at once: the
                 # other meters handle theirs (and join the training batch, which
-                # starts once the last has) before this meter's key agreements.
+                # starts once the last has) before this meter's key agreements. (A
+                # meter that was expected but does not join, one refused by its
+                # privacy budget say, holds this up to the batch's linger, 0.25 s.)
                 await self.pool.launched(msg.round)
                 reply = await _call(offload, client.share_keys, msg)
             elif isinstance(msg, sa.MaskedInputRequest):

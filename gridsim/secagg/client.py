@@ -199,7 +199,9 @@ def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
 _RoundView = tuple[Mapping[int, frozenset[int]], frozenset[int], frozenset[int]]
 
 _round_views: dict[bytes, tuple[AdvertiseRequest, _RoundView]] = {}
-"""The last few round openings checked in this process, by signature (see _round_view)."""
+"""The last few round openings checked in this process, by signature (see _round_view).
+Only the event loop's thread touches it: :meth:`SecAggClient.advertise` is never
+offloaded to a worker thread (the agents call it as they read the announcement)."""
 
 
 def _round_view(request: AdvertiseRequest) -> _RoundView:
@@ -476,8 +478,8 @@ class SecAggClient:
             pair_seeds[v], inbound_keys[v] = seed, inbound
             keys.append(key)
             plaintexts.append(s_share + k_share)
-        # Every neighbour's ciphertext in one call to the Rust core (a few microseconds:
-        # it keeps the GIL).
+        # Every neighbour's ciphertext in one call to the Rust core (at SecAgg+
+        # degrees a few microseconds, for which it keeps the GIL).
         sealed = _core.chacha20poly1305_seal(keys, nonces, plaintexts, labels.ads_to(live))
         out = [
             EncryptedShare(sender=u, recipient=v, ciphertext=nonce + ct)
