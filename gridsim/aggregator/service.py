@@ -449,12 +449,7 @@ class Aggregator:
 
     def _stage_done(self, server: SecAggServer) -> bool:
         """Whether the open SecAgg+ stage waits for no meter that may still answer."""
-        waiting = server.waiting_count
-        if waiting == 0:
-            return True
-        gone = self._gone()
-        # Asked after every message: the sets are compared only once so few are left.
-        return waiting <= len(gone) and not (server.waiting_for - gone)
+        return server.only_gone_left(self._gone())
 
     async def _wait_changed(self, seconds: float) -> None:
         self._changed.clear()

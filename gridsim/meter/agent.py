@@ -304,7 +304,7 @@ class MeterAgent:
         elif msg.secagg_key != self._secagg_key:
             self._drop(self.topics.round, "secure-aggregation key differs from the pinned one")
             return False
-        self._trained, self._trained_round, self._masking = None, msg.round, None
+        self._trained_round = msg.round  # (_on_announce cleared the last round's)
         return True
 
     def _open_secagg(self, payload: bytes) -> bool:
@@ -370,7 +370,8 @@ class MeterAgent:
         if secure:
             # The delta leaves this meter only masked, when the aggregator asks for it:
             # now, if it has, and the round is still this meter's current one.
-            if msg.round == self._trained_round == self._current_round and self._trained is None:
+            # (_trained_round is the current round's, or -1 once another has begun.)
+            if msg.round == self._trained_round and self._trained is None:
                 self._trained, waiting = answer, self._masking
                 if waiting is not None:
                     self._masking = None

@@ -397,13 +397,6 @@ def signature_check(msg: SecAggMessage, key: Ed25519PublicKey) -> tuple[bytes, b
     return raw, signed_bytes(msg), msg.sig
 
 
-def verified_before(msg: AdvertiseKeys, raw_key: bytes) -> bool:
-    """Whether an advertisement equal to ``msg`` verified under ``raw_key`` already
-    (:func:`verify_signature`'s memo, looked up directly: a meter checks its
-    neighbours' advertisements two dozen at a time)."""
-    return _verified.get((raw_key, msg.sig)) == msg
-
-
 def remember_verified(msg: SecAggMessage, key: Ed25519PublicKey) -> None:
     """Record that ``msg``'s signature verified under ``key`` (only call it then)."""
     if isinstance(msg, _BATCHED_TYPES) and msg.batch is not None:

@@ -272,6 +272,12 @@ class SecAggServer:
         # ahead are the selected meters'), so counting is exact.
         return len(self._expected) - len(self._received())
 
+    def only_gone_left(self, gone: Collection[int]) -> bool:
+        """Whether every meter the open stage still waits for is in ``gone``: the
+        count first, the sets only once so few are left that they could all be."""
+        waiting = self.waiting_count
+        return waiting == 0 or (waiting <= len(gone) and self.waiting_for.issubset(gone))
+
     @property
     def stage_complete(self) -> bool:
         """True when every meter expected in the open stage has answered."""
@@ -528,7 +534,7 @@ class SecAggServer:
         if stage is None:
             raise RoundError(f"no stage is open (round state {self.state.value})")
         assert self.deadline is not None
-        if now < self.deadline and not self.waiting_for.issubset(gone):
+        if now < self.deadline and not self.only_gone_left(gone):
             raise RoundError(
                 f"stage {stage.name} is open until {self.deadline}; "
                 f"{len(self.waiting_for)} meters have not answered"

@@ -20,6 +20,9 @@ from gridsim import _core
 from gridsim.exceptions import InvalidInputError, ProtocolError
 from gridsim.secagg import messages as msg
 from gridsim.secagg.client import (
+    PAIRWISE_SEED_INFO,
+    SHARE_AD,
+    SHARE_KEY_INFO,
     _Labels,
     derive_pair_keys,
     pairwise_seed_info,
@@ -87,7 +90,21 @@ def test_batched_pair_keys_equal_openssl_agreement_and_hkdf(
 def test_a_meters_batched_labels_equal_the_documented_ones(
     session: str, round_: int, u: int, peers: list[int]
 ) -> None:
-    """The client builds its HKDF infos and AEAD ADs in batches: the same bytes."""
+    """The client builds its HKDF infos and AEAD ADs in batches: the same bytes as
+    the one-peer functions, and both are the documented layout: domain tag, session
+    length (u32 LE), session (UTF-8), round (u64 LE), two meter ids (u32 LE each)."""
+    s = session.encode()
+    ctx = len(s).to_bytes(4, "little") + s + round_.to_bytes(8, "little")
+
+    def layout(tag: bytes, a: int, b: int) -> bytes:
+        return tag + ctx + a.to_bytes(4, "little") + b.to_bytes(4, "little")
+
+    for v in peers:
+        lo, hi = min(u, v), max(u, v)
+        assert pairwise_seed_info(session, round_, u, v) == layout(PAIRWISE_SEED_INFO, lo, hi)
+        assert pairwise_seed_info(session, round_, v, u) == layout(PAIRWISE_SEED_INFO, lo, hi)
+        assert share_key_info(session, round_, u, v) == layout(SHARE_KEY_INFO, u, v)
+        assert share_ad(session, round_, v, u) == layout(SHARE_AD, v, u)
     labels = _Labels(session, round_, u)
     assert labels.seed_infos(peers) == [[pairwise_seed_info(session, round_, u, v)] for v in peers]
     assert labels.share_key_infos(peers) == [
