@@ -6,6 +6,10 @@ import sys
 # (see gridsim.meter.training_pool.limit_blas_threads). Set before numpy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from gridsim.cli import main
+try:
+    from gridsim.cli import main
+except KeyboardInterrupt:  # Ctrl-C as the command starts: no traceback
+    print("gridsim: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

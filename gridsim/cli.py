@@ -412,7 +412,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        # Building the parser imports the benchmarks, and with them torch: a second
+        # or two in which Ctrl-C should not print a traceback either.
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("gridsim: interrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

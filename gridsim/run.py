@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -439,7 +438,8 @@ async def run_federation(
         if fleet_task is not None:
             try:
                 # Meters stop on the aggregator's Stop; one that missed it is stopped here.
-                fleet_stats = await asyncio.wait_for(asyncio.shield(fleet_task), 5)
+                async with asyncio.timeout(5):  # not wait_for: see Aggregator._wait_changed
+                    fleet_stats = await asyncio.shield(fleet_task)
             except TimeoutError:
                 stop.set()
                 fleet_stats = await fleet_task
@@ -449,10 +449,8 @@ async def run_federation(
     finally:
         stop.set()
         for task in (agg_task, fleet_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if task is not None:
+                await _cancel_and_wait(task)
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():
@@ -460,6 +458,18 @@ async def run_federation(
                 p.join(timeout=5)
         if pool is not None:
             pool.close()
+
+
+async def _cancel_and_wait(task: asyncio.Task[Any], patience_s: float = 10.0) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling it again every
+    ``patience_s`` seconds it goes on: a cancellation swallowed somewhere below
+    (asyncio.wait_for on Python 3.11 does that in a race) must not leave Ctrl-C
+    waiting forever for a task that kept running."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=patience_s)
+    if not task.cancelled():
+        task.exception()  # retrieved: asyncio would log it as never retrieved at exit
 
 
 SECAGG_STAGES = ("advertise", "share", "masked_input", "unmask")

@@ -466,6 +466,29 @@ def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
         )
 
 
+def test_ctrl_c_while_the_command_starts_exits_without_a_traceback(tmp_path: Path) -> None:
+    # A second in, the command is still importing (torch takes one or two).
+    proc = _gridsim(
+        "run",
+        "--meters",
+        "5",
+        "--rounds",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        start_new_session=True,
+    )
+    try:
+        time.sleep(1.0)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert "interrupted" in err.splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -453,8 +453,13 @@ class Aggregator:
 
     async def _wait_changed(self, seconds: float) -> None:
         self._changed.clear()
+        # asyncio.timeout, not wait_for: on Python 3.11, a wait_for cancelled in the
+        # same loop iteration as the event is set returns normally and drops the
+        # cancellation, so a Ctrl-C that landed then left the aggregator running
+        # rounds for meters that had already stopped (the run hung).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), max(seconds, 0.0))
+            async with asyncio.timeout(max(seconds, 0.0)):
+                await self._changed.wait()
 
     async def _register(self) -> None:
         cfg = self.config

@@ -5,6 +5,7 @@ import hashlib
 import time
 
 import numpy as np
+import pytest
 
 from gridsim.aggregator.service import Aggregator, AggregatorConfig
 from gridsim.ledger.entries import MeterContribution
@@ -287,5 +288,22 @@ def test_secure_aggregation_messages_are_verified_in_batches_and_forgeries_refus
         await agg.verifier.drained()
         assert agg.secagg.waiting_for == frozenset() and agg.rejected_messages == 1
         agg.verifier.close()
+
+    asyncio.run(scenario())
+
+
+def test_ctrl_c_stops_the_aggregator_even_as_a_message_arrives() -> None:
+    """Ctrl-C cancels the aggregator's task; a message landing in the same instant
+    must not swallow that cancellation (it did with wait_for on Python 3.11: the
+    aggregator kept waiting for meters that had stopped, and the run hung)."""
+
+    async def scenario() -> None:
+        agg = await _aggregator()
+        task = asyncio.create_task(agg._wait_changed(30))
+        await asyncio.sleep(0)  # the aggregator is now waiting for a change
+        agg._changed.set()  # a message arrives ...
+        task.cancel()  # ... as the cancellation does
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     asyncio.run(scenario())
