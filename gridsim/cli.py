@@ -413,19 +413,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        # Building the parser imports the benchmarks, and with them torch: a second
-        # or two in which Ctrl-C should not print a traceback either.
-        parser = build_parser()
-    except KeyboardInterrupt:
-        print("gridsim: interrupted", file=sys.stderr)
-        return 130
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("gridsim.transport.mqtt").setLevel(logging.WARNING)
-    try:
+        # Building the parser imports the benchmarks, and with them torch: Ctrl-C in
+        # that second or two ends the command as quietly as Ctrl-C in a run.
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("gridsim.transport.mqtt").setLevel(logging.WARNING)
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("gridsim: interrupted", file=sys.stderr)

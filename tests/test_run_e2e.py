@@ -484,7 +484,11 @@ def test_ctrl_c_while_the_command_starts_exits_without_a_traceback(tmp_path: Pat
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err[-2000:]
+    # 130, or death by SIGINT, which a shell reports as 130 too: when the interrupt
+    # lands in code torch runs through the C API while it loads (3 of 21 tries at
+    # 0.75-0.85 s on the Zen 4 class), CPython re-raises SIGINT on its way out
+    # after gridsim has handled it.
+    assert proc.returncode in (130, -signal.SIGINT), err[-2000:]
     assert "Traceback" not in err, err[-3000:]
     assert "interrupted" in err.splitlines()[-1]
 
