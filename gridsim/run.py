@@ -31,6 +31,7 @@ from gridsim.learning.model import initial_parameters
 from gridsim.learning.windows import MeterWindows, make_windows
 from gridsim.ledger.audit import audit
 from gridsim.ledger.writer import LedgerWriter
+from gridsim.lifetime import die_with_parent
 from gridsim.meter.agent import run_fleet
 from gridsim.meter.training_pool import TrainingPool, limit_blas_threads
 from gridsim.privacy.guard import MeterBudget
@@ -63,18 +64,14 @@ TRAINING_NICE = 10
 def training_pool(meters: list[int], cfg: RunConfig, threads: int | None = None) -> TrainingPool:
     """The batched local training of ``meters``, in child processes.
 
-    ``threads`` (default: every core) single-threaded children, each training its
-    share of the meters. One child with that many torch threads was slower alone
-    (0.76 s against 0.61 s for 500 meters on 2 cores) and far slower beside the
-    agents' SecAgg+ work: torch's OpenMP workers stall at every barrier when a core
-    is taken (a 0.55-s epoch took 5 s beside one busy thread). Processes without
-    barriers just share the cores.
+    ``threads`` (default: every core; in a ``--workers`` process, its share of the
+    cores) single-threaded children, each training its share of the meters. One
+    child with that many torch threads was slower alone (0.76 s against 0.61 s for
+    500 meters on 2 cores) and far slower beside the agents' SecAgg+ work: torch's
+    OpenMP workers stall at every barrier when a core is taken (a 0.55-s epoch took
+    5 s beside one busy thread). Processes without barriers just share the cores.
     """
     data = meter_windows(meters, cfg)
-    if mp.current_process().daemon:
-        # A --workers process may not have children; it is apart from the
-        # aggregator already, and trains in a thread.
-        return TrainingPool(data, seed=cfg.seed)
     if threads is None:
         threads = os.cpu_count() or 1
     # Under SecAgg+ the agents' protocol stages (which every meter waits on) run
@@ -131,9 +128,12 @@ def meter_budget(cfg: RunConfig) -> MeterBudget | None:
     return None if epsilon is None else MeterBudget(epsilon, cfg.delta)
 
 
-def _worker_main(meters: list[int], url: str, session: str, cfg: RunConfig, threads: int) -> None:
+def _worker_main(
+    meters: list[int], url: str, session: str, cfg: RunConfig, threads: int, parent: int
+) -> None:
     from gridsim.transport.broker import parse_broker_url
 
+    die_with_parent(parent)  # a killed run leaves no meters behind
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     raise_open_file_limit()
@@ -418,10 +418,15 @@ async def run_federation(
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
             limit_blas_threads(threads)
             for chunk in split_meters(cfg.meters, cfg.workers):
+                # Not daemonic: a worker trains in child processes of its own, like
+                # this process does with --workers 1 (a daemonic process may not
+                # start any). Its meters stop on the aggregator's Stop; the finally
+                # below ends one that does not, and one whose parent died gets
+                # SIGTERM (die_with_parent).
                 p = ctx.Process(
                     target=_worker_main,
-                    args=(chunk, address.url, session, cfg, threads),
-                    daemon=True,
+                    args=(chunk, address.url, session, cfg, threads, os.getpid()),
+                    daemon=False,
                 )
                 p.start()
                 procs.append(p)

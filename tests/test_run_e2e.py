@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -420,6 +421,67 @@ def test_run_recovers_from_a_broker_restart(
 def _children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(x) for x in found.split()]
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its parent has not reaped it
+
+
+def test_a_killed_run_leaves_no_process_behind(tmp_path: Path) -> None:
+    # kill -9 gives the run no chance to stop anything: its broker, its meter
+    # processes and their training children must end on their own.
+    proc = _gridsim(
+        "run",
+        "--meters",
+        "20",
+        "--workers",
+        "2",
+        "--rounds",
+        "500",
+        "--days",
+        "10",
+        "--test-days",
+        "2",
+        "--no-centralized",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    tree: list[int] = []
+    try:
+        # The broker, two meter processes and at least one training child of each,
+        # killed as soon as they are all there (the children still starting up).
+        deadline = time.monotonic() + 90
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = [p for p in _children(proc.pid) if _children(p)]
+            time.sleep(0.05)
+        assert len(workers) >= 2, f"meter processes with training children: {workers}"
+        tree = _descendants(proc.pid)
+        proc.kill()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in tree):
+            time.sleep(0.2)
+        left = [p for p in tree if _alive(p)]
+        assert not left, [Path(f"/proc/{p}/cmdline").read_bytes()[:120] for p in left]
+        proc.communicate(timeout=30)  # its output pipes close with the last of them
+    finally:
+        proc.kill()
+        for p in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
 
 
 def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ import torch
 from gridsim.learning.batched import BatchedTrainer, EvalSums, TrainConfig
 from gridsim.learning.model import Forecaster, ParamLayout, initial_parameters
 from gridsim.learning.windows import MeterWindows
+from gridsim.lifetime import die_with_parent
 from gridsim.privacy import gaussian_noise
 from gridsim.privacy.ddgauss import DDGaussCodec, rotation_signs
 
@@ -177,7 +178,13 @@ class TrainingPool:
                     1,
                     mp_context=ctx,
                     initializer=_child_init,
-                    initargs=(str(path), self.seed, self.child_threads, self.child_nice),
+                    initargs=(
+                        str(path),
+                        self.seed,
+                        self.child_threads,
+                        self.child_nice,
+                        os.getpid(),
+                    ),
                 )
                 for path in self._data_files()
             ]
@@ -475,12 +482,16 @@ _CHILD: _Compute | None = None
 """The child process's compute (set by :func:`_child_init`)."""
 
 
-def _child_init(data_path: str, seed: int, threads: int, nice: int) -> None:
+def _child_init(data_path: str, seed: int, threads: int, nice: int, parent: int) -> None:
     global _CHILD
     # Ctrl-C reaches the whole process group; the parent handles it and closes
     # the pool, so the child finishes its batch quietly instead of printing a
     # traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (kill -9) cannot close the pool: end with it. (The
+    # executor starts its child from the thread that first submits to it, the
+    # event loop's or a long-lived executor thread of it, never a passing one.)
+    die_with_parent(parent)
     if nice > 0:
         os.nice(nice)
     if threads > 0:

@@ -10,12 +10,13 @@ an error, on Ctrl-C, and (through the parent-death signal) if we are killed.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
+import functools
 import logging
+import os
+import pwd
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gridsim.exceptions import BrokerError, ConfigError
+from gridsim.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,31 @@ def mqtt_ping(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _die_with_parent() -> None:
-    # Linux: deliver SIGTERM to the broker if the process that started it dies,
-    # so a killed run never leaves a broker behind.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+BROKER_USER = "mosquitto"
+"""Who a private Mosquitto started by root runs as (the Debian package's user)."""
+
+
+def _unprivileged_user() -> tuple[int, int] | None:
+    """(uid, gid) a private broker should run as: :data:`BROKER_USER` when we are
+    root and that user exists, else None (run as we are)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(BROKER_USER)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _broker_preexec(parent: int, user: tuple[int, int] | None) -> None:
+    # Started by root, Mosquitto switches to its own user itself, and Linux then
+    # clears the parent-death signal: a killed run left its broker running. So we
+    # switch first, and Mosquitto, no longer root, keeps the signal.
+    if user is not None:
+        os.setgroups([])
+        os.setgid(user[1])
+        os.setuid(user[0])
+    die_with_parent(parent)  # SIGTERM to the broker if the run is killed
     raise_open_file_limit()
 
 
@@ -156,8 +177,14 @@ class BrokerProcess:
                 raise BrokerError("mosquitto is not installed (apt-get install mosquitto)")
             conf = self.workdir / "mosquitto.conf"
             conf.write_text(mosquitto_config(self.port))
+            # In a folder of our own, which the broker may then read as that user.
+            user = _unprivileged_user() if self._own_dir else None
+            if user is not None:
+                self.workdir.chmod(0o755)
+                conf.chmod(0o644)
             cmd = [exe, "-c", str(conf)]
         else:
+            user = None
             try:
                 import amqtt  # noqa: F401
             except ImportError:
@@ -171,7 +198,7 @@ class BrokerProcess:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent,
+                preexec_fn=functools.partial(_broker_preexec, os.getpid(), user),
                 start_new_session=True,  # Ctrl-C reaches us; we stop the broker last
             )
         deadline = time.monotonic() + timeout
