@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -14,6 +15,7 @@ import resource
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,18 +95,23 @@ async def serve_meters(
     pool: TrainingPool | None = None,
     budget: MeterBudget | None = None,
     threads: int | None = None,
+    trained: Callable[[float], None] | None = None,
 ) -> dict[str, int]:
     """Run the agents of ``meters`` in this process until the aggregator stops them.
 
     ``budget``: the privacy budget the meters enforce themselves (None: no check).
+    ``trained``: called when a training batch of a pool made here finishes, with
+    its ``time.perf_counter`` (the same clock in every process of the machine).
+    The answer counts the training children's peak memory when the pool is made here.
     """
     own = pool is None
     if pool is None:
         pool = training_pool(meters, cfg, threads)
+        pool.on_trained = trained
     try:
         if own:
             await asyncio.to_thread(pool.warm_up)
-        return await run_fleet(
+        stats = await run_fleet(
             meters,
             address=address,
             session=session,
@@ -115,6 +122,9 @@ async def serve_meters(
             stop=stop or asyncio.Event(),
             budget=budget,
         )
+        if own:
+            stats["training_children_peak_rss_kb"] = sum(pool.child_peak_rss_kb.values())
+        return stats
     finally:
         if own:
             pool.close()
@@ -128,8 +138,24 @@ def meter_budget(cfg: RunConfig) -> MeterBudget | None:
     return None if epsilon is None else MeterBudget(epsilon, cfg.delta)
 
 
+@dataclasses.dataclass(frozen=True)
+class _WorkerLink:
+    """What a ``--workers`` process shares with the aggregator's process: when its
+    last training batch finished (``time.perf_counter``, 0 before the first), and
+    a queue for its meters' counts at the end."""
+
+    trained_at: Any  # multiprocessing.Value("d")
+    results: Any  # multiprocessing.SimpleQueue
+
+
 def _worker_main(
-    meters: list[int], url: str, session: str, cfg: RunConfig, threads: int, parent: int
+    meters: list[int],
+    url: str,
+    session: str,
+    cfg: RunConfig,
+    threads: int,
+    parent: int,
+    link: _WorkerLink,
 ) -> None:
     from gridsim.transport.broker import parse_broker_url
 
@@ -137,7 +163,11 @@ def _worker_main(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(threads)
     raise_open_file_limit()
-    asyncio.run(
+
+    def trained(at: float) -> None:
+        link.trained_at.value = at
+
+    stats = asyncio.run(
         serve_meters(
             meters,
             parse_broker_url(url),
@@ -145,8 +175,34 @@ def _worker_main(
             cfg,
             budget=meter_budget(cfg),
             threads=threads,
+            trained=trained,
         )
     )
+    link.results.put(stats)
+
+
+def _process_tree_cpu_s(pids: list[int]) -> float | None:
+    """CPU seconds used so far by ``pids`` and their living descendants (Linux
+    ``/proc``, in clock ticks of 10 ms); None where /proc cannot tell."""
+    parents: dict[int, list[int]] = {}
+    used: dict[int, int] = {}
+    try:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):  # a process that ended meanwhile
+                # The fields after the command name (which may hold spaces and
+                # brackets): ppid is the 2nd, utime and stime the 12th and 13th.
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                pid = int(stat.parent.name)
+                parents.setdefault(int(fields[1]), []).append(pid)
+                used[pid] = int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    total, todo = 0, list(pids)
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0)
+        todo += parents.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def split_meters(meters: int, workers: int) -> list[list[int]]:
@@ -375,6 +431,16 @@ async def run_federation(
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
+    ctx = mp.get_context("spawn")
+    links: list[_WorkerLink] = []
+    procs: list[Any] = []
+
+    def _workers_cpu_s() -> float:
+        # This process (the aggregator) and the --workers processes with their
+        # training children; the broker is not counted (nor with --workers 1).
+        workers = _process_tree_cpu_s([p.pid for p in procs if p.pid is not None])
+        return time.process_time() + (workers or 0.0)
+
     agg_cfg = aggregator_config(
         cfg,
         session,
@@ -392,13 +458,15 @@ async def run_federation(
         signing_key=signing_key,
         state_dir=Path(cfg.out) if cfg.out else None,
         plaintext=(lambda r: quantized.get(r, {})) if quantized is not None else None,
-        # Meters elsewhere (--workers) would go uncounted: no figure then.
-        cpu_clock=pool.cpu_s if pool is not None else None,
-        trained_clock=(lambda: pool.trained_at) if pool is not None else None,
+        cpu_clock=pool.cpu_s if pool is not None else _workers_cpu_s,
+        trained_clock=(
+            (lambda: pool.trained_at)
+            if pool is not None
+            else lambda: max((link.trained_at.value for link in links), default=0.0) or None
+        ),
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
-    procs: list[Any] = []
     fleet_task: asyncio.Task[dict[str, int]] | None = None
     try:
         if cfg.workers == 1:
@@ -414,10 +482,11 @@ async def run_federation(
                 )
             )
         else:
-            ctx = mp.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
             limit_blas_threads(threads)
             for chunk in split_meters(cfg.meters, cfg.workers):
+                link = _WorkerLink(ctx.Value("d", 0.0, lock=False), ctx.SimpleQueue())
+                links.append(link)
                 # Not daemonic: a worker trains in child processes of its own, like
                 # this process does with --workers 1 (a daemonic process may not
                 # start any). Its meters stop on the aggregator's Stop; the finally
@@ -425,7 +494,7 @@ async def run_federation(
                 # SIGTERM (die_with_parent).
                 p = ctx.Process(
                     target=_worker_main,
-                    args=(chunk, address.url, session, cfg, threads, os.getpid()),
+                    args=(chunk, address.url, session, cfg, threads, os.getpid(), link),
                     daemon=False,
                 )
                 p.start()
@@ -448,8 +517,13 @@ async def run_federation(
             except TimeoutError:
                 stop.set()
                 fleet_stats = await fleet_task
-        if pool is not None:
-            fleet_stats["training_children_peak_rss_kb"] = sum(pool.child_peak_rss_kb.values())
+        for p in procs:
+            # The aggregator's Stop ends them; their counts follow.
+            await asyncio.to_thread(p.join, 30)
+        for link in links:
+            while not link.results.empty():
+                for key, value in link.results.get().items():
+                    fleet_stats[key] = fleet_stats.get(key, 0) + value
         return report, fleet_stats
     finally:
         stop.set()

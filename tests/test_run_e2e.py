@@ -343,6 +343,19 @@ def test_meters_in_two_worker_processes(tmp_path: Path, mosquitto: BrokerAddress
     summary = run(_cfg(tmp_path, mosquitto, meters=40, rounds=2, workers=2))
     assert summary["participants_per_round"] == [40, 40]
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
+    # The meters' counts come back from their processes (two rounds and the final
+    # evaluation, each answered by every meter, and every round's receipt checked)...
+    stats = summary["meter_stats"]
+    assert stats["answered"] == 3 * 40 and stats["proofs_ok"] == 2 * 40, stats
+    assert stats["training_children_peak_rss_kb"] > 0
+    # ...and each round's CPU counts theirs and their training children's: more
+    # than the aggregator's event loop alone, which has no meters here; the
+    # training finished inside the round, before its unmasking stage opened.
+    for row in _rounds_csv(Path(summary["out"])):
+        cpu, loop = float(row["cpu_s"]), float(row["loop_cpu_s"])
+        wall, done = float(row["wall_s"]), float(row["train_done_s"])
+        assert cpu > 2 * loop, row
+        assert 0 < done < wall - float(row["secagg_unmask_s"]), row
 
 
 def test_embedded_amqtt_broker_fallback(tmp_path: Path) -> None:

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -166,6 +167,9 @@ class TrainingPool:
         self._frozen = False
         self.trained_at: float | None = None
         """When (``time.perf_counter``) the last training batch finished."""
+        self.on_trained: Callable[[float], None] | None = None
+        """Called with :attr:`trained_at` when a training batch finishes (a
+        ``--workers`` process passes it on to the aggregator's process)."""
 
     def _children(self) -> list[ProcessPoolExecutor]:
         """The child processes' executors, started (or restarted after a crash) on demand."""
@@ -368,6 +372,8 @@ class TrainingPool:
             return
         if batch.train:
             self.trained_at = time.perf_counter()
+            if self.on_trained is not None:
+                self.on_trained(self.trained_at)
         log.debug(
             "round %d: batch of %d meters gathered in %.3f s, %s in %.3f s",
             batch.round,
