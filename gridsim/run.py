@@ -13,6 +13,7 @@ import multiprocessing as mp
 import os
 import resource
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -142,10 +143,11 @@ def meter_budget(cfg: RunConfig) -> MeterBudget | None:
 class _WorkerLink:
     """What a ``--workers`` process shares with the aggregator's process: when its
     last training batch finished (``time.perf_counter``, 0 before the first), and
-    a queue for its meters' counts at the end."""
+    a pipe for its meters' counts at the end (a pipe, not a queue: a queue's lock is
+    a named semaphore, which a worker ended by Ctrl-C would leave to be warned about)."""
 
-    trained_at: Any  # multiprocessing.Value("d")
-    results: Any  # multiprocessing.SimpleQueue
+    trained_at: Any  # multiprocessing.RawValue("d")
+    results: Any  # the sending end of a multiprocessing.Pipe
 
 
 def _worker_main(
@@ -167,8 +169,14 @@ def _worker_main(
     def trained(at: float) -> None:
         link.trained_at.value = at
 
-    stats = asyncio.run(
-        serve_meters(
+    async def serve() -> dict[str, int]:
+        # The parent ends this process with SIGTERM when no Stop is coming (Ctrl-C
+        # there, or the aggregator failed): stop as after Ctrl-C, closing the
+        # training pool, whose queues' semaphores would otherwise outlive us.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        return await serve_meters(
             meters,
             parse_broker_url(url),
             session,
@@ -177,8 +185,12 @@ def _worker_main(
             threads=threads,
             trained=trained,
         )
-    )
-    link.results.put(stats)
+
+    try:
+        stats = asyncio.run(serve())
+    except asyncio.CancelledError:
+        return
+    link.results.send(stats)
 
 
 def _process_tree_cpu_s(pids: list[int]) -> float | None:
@@ -433,6 +445,7 @@ async def run_federation(
     quantized = pool.quantized if pool is not None else None
     ctx = mp.get_context("spawn")
     links: list[_WorkerLink] = []
+    results: list[Any] = []  # the receiving ends of the links' pipes
     procs: list[Any] = []
 
     def _workers_cpu_s() -> float:
@@ -467,6 +480,7 @@ async def run_federation(
     )
     agg_task = asyncio.create_task(aggregator.run())
     stop = asyncio.Event()
+    finished = False
     fleet_task: asyncio.Task[dict[str, int]] | None = None
     try:
         if cfg.workers == 1:
@@ -485,19 +499,28 @@ async def run_federation(
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
             limit_blas_threads(threads)
             for chunk in split_meters(cfg.meters, cfg.workers):
-                link = _WorkerLink(ctx.Value("d", 0.0, lock=False), ctx.SimpleQueue())
+                counts, sender = ctx.Pipe(duplex=False)
+                link = _WorkerLink(ctx.Value("d", 0.0, lock=False), sender)
                 links.append(link)
+                results.append(counts)
                 # Not daemonic: a worker trains in child processes of its own, like
                 # this process does with --workers 1 (a daemonic process may not
                 # start any). Its meters stop on the aggregator's Stop; the finally
-                # below ends one that does not, and one whose parent died gets
-                # SIGTERM (die_with_parent).
+                # below ends one that does not (at once after Ctrl-C or an error),
+                # and one whose parent died gets SIGTERM (die_with_parent). It
+                # ignores Ctrl-C, which reaches the whole process group: caught in
+                # the middle of starting up (importing torch), Python would print a
+                # traceback; this process ends it instead.
                 p = ctx.Process(
                     target=_worker_main,
                     args=(chunk, address.url, session, cfg, threads, os.getpid(), link),
                     daemon=False,
                 )
-                p.start()
+                handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited
+                try:
+                    p.start()
+                finally:
+                    signal.signal(signal.SIGINT, handler)
                 procs.append(p)
         wait_on: list[asyncio.Future[Any]] = [agg_task]
         if fleet_task is not None:
@@ -520,9 +543,10 @@ async def run_federation(
         for p in procs:
             # The aggregator's Stop ends them; their counts follow.
             await asyncio.to_thread(p.join, 30)
-        for link in links:
-            while not link.results.empty():
-                for key, value in link.results.get().items():
+        finished = True
+        for counts in results:
+            if counts.poll():
+                for key, value in counts.recv().items():
                     fleet_stats[key] = fleet_stats.get(key, 0) + value
         return report, fleet_stats
     finally:
@@ -531,6 +555,8 @@ async def run_federation(
             if task is not None:
                 await _cancel_and_wait(task)
         for p in procs:
+            if not finished:
+                p.terminate()  # no Stop is coming: Ctrl-C, or the aggregator failed
             p.join(timeout=10)
             if p.is_alive():
                 p.terminate()

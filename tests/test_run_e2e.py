@@ -497,11 +497,14 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path: Path) -> None:
                 os.kill(p, signal.SIGKILL)
 
 
-def test_ctrl_c_stops_the_private_broker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_stops_the_private_broker(tmp_path: Path, workers: int) -> None:
     proc = _gridsim(
         "run",
         "--meters",
         "20",
+        "--workers",
+        str(workers),
         "--rounds",
         "50",
         "--session",
