@@ -156,7 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="which private broker to start (auto: Mosquitto if installed)",
     )
-    run.add_argument("--workers", type=int, default=1, help="processes to spread meters over")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes to spread meters over, each with its own training children "
+        "(2 was fastest on 2 cores; --verify needs 1)",
+    )
     _add_dropout(run)
     run.add_argument(
         "--no-centralized",
