@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes to spread meters over, each with its own training children "
-        "(2 was fastest on 2 cores; --verify needs 1)",
+        "(--verify needs 1)",
     )
     _add_dropout(run)
     run.add_argument(
