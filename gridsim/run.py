@@ -103,7 +103,7 @@ async def serve_meters(
     ``budget``: the privacy budget the meters enforce themselves (None: no check).
     ``trained``: called when a training batch of a pool made here finishes, with
     its ``time.perf_counter`` (the same clock in every process of the machine).
-    The answer counts the training children's peak memory when the pool is made here.
+    The answer includes the training children's peak memory.
     """
     own = pool is None
     if pool is None:
@@ -123,8 +123,7 @@ async def serve_meters(
             stop=stop or asyncio.Event(),
             budget=budget,
         )
-        if own:
-            stats["training_children_peak_rss_kb"] = sum(pool.child_peak_rss_kb.values())
+        stats["training_children_peak_rss_kb"] = sum(pool.child_peak_rss_kb.values())
         return stats
     finally:
         if own:

@@ -87,6 +87,8 @@ def test_fifty_meters_learn_a_forecaster_that_beats_seasonal_naive(
     assert summary["ledger"]["size"] == 3 * (50 + 1)
     assert summary["meter_stats"]["proofs_ok"] == 150
     assert summary["meter_stats"]["proofs_bad"] == summary["meter_stats"]["proofs_missing"] == 0
+    # The training children's memory counts in the run's peak.
+    assert summary["meter_stats"]["training_children_peak_rss_kb"] > 0
     for key in ("mae", "rmse", "nrmse"):
         assert summary["metrics"][key] > 0
     # Each round's stages took time, and together no more than the round. Round 0
