@@ -139,14 +139,16 @@ def meter_budget(cfg: RunConfig) -> MeterBudget | None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _WorkerLink:
-    """What a ``--workers`` process shares with the aggregator's process: when its
-    last training batch finished (``time.perf_counter``, 0 before the first), and
-    a pipe for its meters' counts at the end (a pipe, not a queue: a queue's lock is
-    a named semaphore, which a worker ended by Ctrl-C would leave to be warned about)."""
+class _Worker:
+    """A ``--workers`` process as the aggregator's process sees it: the process,
+    when its last training batch finished (a shared double, ``time.perf_counter``,
+    0 before the first), and the receiving end of the pipe its meters' counts come
+    back through at the end (a pipe, not a queue: a queue's lock is a named
+    semaphore, which a worker ended by Ctrl-C would leave to be warned about)."""
 
+    process: Any  # multiprocessing.Process
     trained_at: Any  # multiprocessing.RawValue("d")
-    results: Any  # the sending end of a multiprocessing.Pipe
+    counts: Any  # multiprocessing.connection.Connection
 
 
 def _worker_main(
@@ -156,8 +158,11 @@ def _worker_main(
     cfg: RunConfig,
     threads: int,
     parent: int,
-    link: _WorkerLink,
+    trained_at: Any,
+    counts: Any,
 ) -> None:
+    """A ``--workers`` process: ``trained_at`` and ``counts`` (the sending end) are
+    its :class:`_Worker`'s."""
     from gridsim.transport.broker import parse_broker_url
 
     die_with_parent(parent)  # a killed run leaves no meters behind
@@ -166,7 +171,7 @@ def _worker_main(
     raise_open_file_limit()
 
     def trained(at: float) -> None:
-        link.trained_at.value = at
+        trained_at.value = at
 
     async def serve() -> dict[str, int]:
         # The parent ends this process with SIGTERM when no Stop is coming (Ctrl-C
@@ -189,7 +194,7 @@ def _worker_main(
         stats = asyncio.run(serve())
     except asyncio.CancelledError:
         return
-    link.results.send(stats)
+    counts.send(stats)
 
 
 def _process_tree_cpu_s(pids: list[int]) -> float | None:
@@ -442,16 +447,13 @@ async def run_federation(
         if cfg.verify:
             pool.quantized = {}
     quantized = pool.quantized if pool is not None else None
-    ctx = mp.get_context("spawn")
-    links: list[_WorkerLink] = []
-    results: list[Any] = []  # the receiving ends of the links' pipes
-    procs: list[Any] = []
+    workers: list[_Worker] = []
 
     def _workers_cpu_s() -> float:
         # This process (the aggregator) and the --workers processes with their
         # training children; the broker is not counted (nor with --workers 1).
-        workers = _process_tree_cpu_s([p.pid for p in procs if p.pid is not None])
-        return time.process_time() + (workers or 0.0)
+        theirs = _process_tree_cpu_s([w.process.pid for w in workers])
+        return time.process_time() + (theirs or 0.0)
 
     agg_cfg = aggregator_config(
         cfg,
@@ -474,7 +476,7 @@ async def run_federation(
         trained_clock=(
             (lambda: pool.trained_at)
             if pool is not None
-            else lambda: max((link.trained_at.value for link in links), default=0.0) or None
+            else lambda: max((w.trained_at.value for w in workers), default=0.0) or None
         ),
     )
     agg_task = asyncio.create_task(aggregator.run())
@@ -495,13 +497,12 @@ async def run_federation(
                 )
             )
         else:
+            ctx = mp.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // cfg.workers)
             limit_blas_threads(threads)
             for chunk in split_meters(cfg.meters, cfg.workers):
+                trained_at = ctx.Value("d", 0.0, lock=False)
                 counts, sender = ctx.Pipe(duplex=False)
-                link = _WorkerLink(ctx.Value("d", 0.0, lock=False), sender)
-                links.append(link)
-                results.append(counts)
                 # Not daemonic: a worker trains in child processes of its own, like
                 # this process does with --workers 1 (a daemonic process may not
                 # start any). Its meters stop on the aggregator's Stop; the finally
@@ -512,7 +513,16 @@ async def run_federation(
                 # traceback; this process ends it instead.
                 p = ctx.Process(
                     target=_worker_main,
-                    args=(chunk, address.url, session, cfg, threads, os.getpid(), link),
+                    args=(
+                        chunk,
+                        address.url,
+                        session,
+                        cfg,
+                        threads,
+                        os.getpid(),
+                        trained_at,
+                        sender,
+                    ),
                     daemon=False,
                 )
                 handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited
@@ -520,7 +530,7 @@ async def run_federation(
                     p.start()
                 finally:
                     signal.signal(signal.SIGINT, handler)
-                procs.append(p)
+                workers.append(_Worker(p, trained_at, counts))
         wait_on: list[asyncio.Future[Any]] = [agg_task]
         if fleet_task is not None:
             wait_on.append(fleet_task)
@@ -539,27 +549,26 @@ async def run_federation(
             except TimeoutError:
                 stop.set()
                 fleet_stats = await fleet_task
-        for p in procs:
+        for w in workers:
             # The aggregator's Stop ends them; their counts follow.
-            await asyncio.to_thread(p.join, 30)
-        finished = True
-        for counts in results:
-            if counts.poll():
-                for key, value in counts.recv().items():
+            await asyncio.to_thread(w.process.join, 30)
+            if w.counts.poll():
+                for key, value in w.counts.recv().items():
                     fleet_stats[key] = fleet_stats.get(key, 0) + value
+        finished = True
         return report, fleet_stats
     finally:
         stop.set()
         for task in (agg_task, fleet_task):
             if task is not None:
                 await _cancel_and_wait(task)
-        for p in procs:
+        for w in workers:
             if not finished:
-                p.terminate()  # no Stop is coming: Ctrl-C, or the aggregator failed
-            p.join(timeout=10)
-            if p.is_alive():
-                p.terminate()
-                p.join(timeout=5)
+                w.process.terminate()  # no Stop is coming: Ctrl-C, or the aggregator failed
+            w.process.join(timeout=10)
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(timeout=5)
         if pool is not None:
             pool.close()
 

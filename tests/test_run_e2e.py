@@ -377,6 +377,18 @@ def _gridsim(*args: str, **kw: Any) -> subprocess.Popen[str]:
     )
 
 
+def _small_run(out: Path, *args: str, **kw: Any) -> subprocess.Popen[str]:
+    """``gridsim run`` of 20 meters with little data and no baseline, long enough
+    to be interrupted (``args`` add to or override these)."""
+    return _gridsim(
+        "run",
+        *("--meters", "20", "--rounds", "500", "--days", "10", "--test-days", "2"),
+        *("--no-centralized", "--out", str(out)),
+        *args,
+        **kw,
+    )
+
+
 def _wait_for_result(address: BrokerAddress, session: str, timeout: float = 120.0) -> None:
     """Block until the aggregator publishes its first round result."""
     got = threading.Event()
@@ -458,22 +470,7 @@ def _alive(pid: int) -> bool:
 def test_a_killed_run_leaves_no_process_behind(tmp_path: Path) -> None:
     # kill -9 gives the run no chance to stop anything: its broker, its meter
     # processes and their training children must end on their own.
-    proc = _gridsim(
-        "run",
-        "--meters",
-        "20",
-        "--workers",
-        "2",
-        "--rounds",
-        "500",
-        "--days",
-        "10",
-        "--test-days",
-        "2",
-        "--no-centralized",
-        "--out",
-        str(tmp_path / "out"),
-    )
+    proc = _small_run(tmp_path / "out", "--workers", "2")
     tree: list[int] = []
     try:
         # The broker, two meter processes and at least one training child of each,
@@ -501,23 +498,9 @@ def test_a_killed_run_leaves_no_process_behind(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_stops_the_private_broker(tmp_path: Path, workers: int) -> None:
-    proc = _gridsim(
-        "run",
-        "--meters",
-        "20",
-        "--workers",
-        str(workers),
-        "--rounds",
-        "50",
-        "--session",
-        "sigint",
-        "--days",
-        "10",
-        "--test-days",
-        "2",
-        "--no-centralized",
-        "--out",
-        str(tmp_path / "out"),
+    proc = _small_run(
+        tmp_path / "out",
+        *("--workers", str(workers), "--session", "sigint"),
         start_new_session=True,  # its own process group, as in a terminal
     )
     try:
