@@ -10,6 +10,9 @@ from typing import Any
 from gridsim.exceptions import ConfigError
 
 DROPOUT_MODES = ("crash", "hang")
+MQTT_CLIENTS = ("lean", "aiomqtt")
+"""The MQTT clients of ``--mqtt-client`` (:mod:`gridsim.transport.mqtt`); the first is
+the default."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +24,7 @@ class RunConfig:
     broker_kind: str = "auto"
     session: str | None = None
     workers: int = 1
+    mqtt_client: str = "lean"  # the MQTT client of the aggregator and meters
     dropout: float = 0.0
     dropout_mode: str = "crash"  # how a vanishing meter goes: "crash" or "hang"
     fraction: float = 1.0
@@ -49,6 +53,7 @@ class RunConfig:
             (self.meters >= 1, "--meters must be at least 1"),
             (self.rounds >= 1, "--rounds must be at least 1"),
             (1 <= self.workers <= 256, "--workers must be between 1 and 256"),
+            (self.mqtt_client in MQTT_CLIENTS, "--mqtt-client must be lean or aiomqtt"),
             (self.workers <= self.meters, "--workers must not exceed --meters"),
             (0.0 <= self.dropout < 1.0, "--dropout must be in [0, 1)"),
             (self.dropout_mode in DROPOUT_MODES, "--dropout-mode must be crash or hang"),

@@ -122,6 +122,7 @@ async def serve_meters(
             dropout_mode=cfg.dropout_mode,
             stop=stop or asyncio.Event(),
             budget=budget,
+            mqtt_client=cfg.mqtt_client,
         )
         stats["training_children_peak_rss_kb"] = sum(pool.child_peak_rss_kb.values())
         return stats
@@ -303,6 +304,7 @@ def aggregator_config(
         seed=cfg.seed,
         secagg=secagg_config(cfg, dim, dp),
         dp=dp,
+        mqtt_client=cfg.mqtt_client,
     )
 
 

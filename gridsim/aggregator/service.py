@@ -51,7 +51,7 @@ from gridsim.secagg.server import Outbox, SecAggConfig, SecAggServer
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.droplog import DropLog
-from gridsim.transport.mqtt import Connection
+from gridsim.transport.mqtt import connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class AggregatorConfig:
     secagg: SecAggConfig | None = None
     # Differential privacy (None: off); the plan's clip and local noise follow it.
     dp: DPSettings | None = None
+    mqtt_client: str = "lean"  # see gridsim.transport.mqtt.connection
 
 
 @dataclasses.dataclass
@@ -188,7 +189,8 @@ class Aggregator:
         self.verifier = BatchVerifier()
         self._rng = random.Random(config.seed)
         self.run_id = secrets.token_hex(8)
-        self.connection = Connection(
+        self.connection = connection(
+            config.mqtt_client,
             address,
             identifier=f"gridsim-{config.session}-aggregator",
             subscriptions=[
@@ -622,9 +624,9 @@ class Aggregator:
 
         A stage that is complete as it opens (every meter advertised ahead) moves on
         at once instead of after the acknowledgement, which waits behind the
-        meters' handling of the round announcement (0.15 s for 500 meters). The
-        tasks start in order, so the broker gets (and each meter receives) the
-        requests in the order they were made.
+        meters' handling of the round announcement (0.15 s for 500 meters). They
+        are written in the order they were made (and, while disconnected, queued
+        in tasks that start in that order), so each meter receives them in order.
         """
         if out.broadcast is not None:
             # Retained (and repeated after a reconnect), so a meter that reconnects
@@ -636,7 +638,9 @@ class Aggregator:
             self._send(self.topics.secagg_to(meter), payload)
 
     def _send(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish in a task of its own (kept until it ends)."""
+        """Publish now; while disconnected, in a task of its own (kept until it ends)."""
+        if self.connection.publish_nowait(topic, payload, retain=retain):
+            return
         task = asyncio.get_running_loop().create_task(
             self.connection.publish(topic, payload, retain=retain)
         )
@@ -773,12 +777,15 @@ class Aggregator:
             )
             for m in outcome.participants
         ]
-        await asyncio.gather(
-            *(
-                self.connection.publish(self.topics.proof(m), r, wait=10)
-                for m, r in zip(outcome.participants, receipts, strict=True)
+        later = [
+            (m, r)
+            for m, r in zip(outcome.participants, receipts, strict=True)
+            if not self.connection.publish_nowait(self.topics.proof(m), r)
+        ]
+        if later:  # disconnected: wait a little for the connection to come back
+            await asyncio.gather(
+                *(self.connection.publish(self.topics.proof(m), r, wait=10) for m, r in later)
             )
-        )
 
     async def _publish_result(
         self,

@@ -5,7 +5,7 @@ Every benchmark is a module ``gridsim.bench.NAME`` defining::
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> dict[str, object]: ...
 
-Peer tools (Flower, OpenDP, pymerkle) come from the optional ``bench`` extra and
+Peer tools (Flower, OpenDP, pymerkle, gmqtt) come from the optional ``bench`` extra and
 are measured in the same process run as gridsim; a missing peer is reported as
 ``{"skipped": "<reason>"}`` rather than failing the benchmark.
 """
@@ -16,7 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-BENCHMARKS = ("e2e", "secagg", "dp", "ledger")
+BENCHMARKS = ("e2e", "secagg", "dp", "ledger", "transport")
 
 
 def median_seconds(fn: Callable[[], object], *, repeat: int = 7, warmup: int = 1) -> float:

@@ -6,10 +6,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Coroutine, Mapping
+from typing import Any, Final
 
-import aiomqtt
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -30,7 +29,7 @@ from gridsim.secagg.client import SecAggClient
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.droplog import DropLog
-from gridsim.transport.mqtt import Connection
+from gridsim.transport.mqtt import Will, connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -40,9 +39,6 @@ DROPS = DropLog(log)
 OFFLOAD_MIN_NEIGHBORS: Final = 64
 """Above this many neighbours a meter shares and prepares its masks in a worker
 thread (see :meth:`MeterAgent._on_secagg`); at or below, on the event loop."""
-
-A = TypeVar("A")
-R = TypeVar("R")
 
 
 class MeterAgent:
@@ -60,6 +56,7 @@ class MeterAgent:
         dropout_mode: str = "crash",
         peer_keys: Mapping[int, Ed25519PublicKey] | None = None,
         budget: MeterBudget | None = None,
+        mqtt_client: str = "lean",
     ) -> None:
         self.meter = meter
         self.budget = budget
@@ -102,7 +99,8 @@ class MeterAgent:
         self._run = ""
         self._task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self.connection = Connection(
+        self.connection = connection(
+            mqtt_client,
             address,
             identifier=f"gridsim-{session}-meter-{meter}",
             subscriptions=[
@@ -114,7 +112,7 @@ class MeterAgent:
             ],
             on_message=self._on_message,
             on_connect=self._on_connect,
-            will=aiomqtt.Will(self.topics.status(meter), b"offline", qos=1),
+            will=Will(self.topics.status(meter), b"offline", qos=1),
         )
 
     async def _on_connect(self) -> None:
@@ -128,29 +126,31 @@ class MeterAgent:
         )
         await self.connection.publish(self.topics.hello(self.meter), codec.encode(hello), wait=0)
 
-    async def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_message(self, topic: str, payload: bytes) -> Awaitable[None] | None:
+        """Handle one message; what is left to wait for, if anything (the connection
+        holds this meter's next message until it is done)."""
         if not payload:
-            return  # the aggregator clearing a retained message
+            return None  # the aggregator clearing a retained message
         if topic in (self.topics.secagg, self.topics.secagg_to(self.meter)):
-            await self._on_secagg(topic, payload)
-            return
+            return self._on_secagg(topic, payload)
         try:
             msg = codec.decode(payload)
         except MessageError as exc:
             self._drop(topic, str(exc))
-            return
+            return None
         if msg.session != self.session:
             self._drop(topic, f"message of session {msg.session!r}")
         elif isinstance(msg, codec.Stop) and topic == self.topics.control:
             self.done.set()
         elif isinstance(msg, codec.RollCall) and topic == self.topics.control:
-            await self._on_connect()
+            return self._on_connect()
         elif isinstance(msg, codec.RoundAnnounce) and topic == self.topics.round:
             self._on_announce(msg)
         elif isinstance(msg, codec.Proof) and topic == self.topics.proof(self.meter):
             self._on_proof(msg)
         else:
             self._drop(topic, f"unexpected {type(msg).__name__}")
+        return None
 
     def _drop(self, topic: str, reason: str) -> None:
         self.rejected_messages += 1
@@ -216,7 +216,7 @@ class MeterAgent:
         last = self._reply
         if last is not None and last[0] == msg.round:
             # The aggregator asks again: resend (it refuses a copy it has, logged).
-            self._spawn(self._send(last[2], last[1]))
+            self._send(last[2], last[1])
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
@@ -326,9 +326,7 @@ class MeterAgent:
             self._drop(topic, f"secure aggregation: {exc}")
             return False
         if advert is not None:
-            self._spawn(
-                self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(advert))
-            )
+            self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(advert))
         return True
 
     def _join_round(self, msg: codec.RoundAnnounce) -> asyncio.Future[MeterAnswer] | None:
@@ -376,14 +374,14 @@ class MeterAgent:
                 if waiting is not None:
                     self._masking = None
                     try:
-                        await self._send_masked(*waiting, answer)
+                        self._send_masked(*waiting, answer)
                     except Exception:
                         # This task has no one to report to (the handler that parked
                         # the request has returned): say so here.
                         log.exception("meter %d: masking round %d failed", self.meter, msg.round)
             return
         delta = b"" if answer.delta is None else codec.vector_to_bytes(answer.delta)
-        await self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
+        self._send_update(msg.round, answer, delta, hashlib.sha256(delta).digest(), 0)
 
     def _ddgauss(self, msg: codec.RoundAnnounce, secure: bool) -> DDGaussEncoding | None:
         """The round's DDGauss encoding, or None (logged) if it cannot be honoured."""
@@ -440,81 +438,138 @@ class MeterAgent:
             self._awaiting_proof = (self._run, round_, digest, own)
         self.rounds_answered += 1
 
-    async def _send_update(
+    def _send_update(
         self, round_: int, answer: MeterAnswer, delta: bytes, digest: bytes, saturated: int
     ) -> None:
         payload = self._update(round_, answer, delta, digest, saturated)
         self._answered(round_, answer, digest)
-        await self._reply_with(round_, self.topics.update(self.meter), payload)
+        self._reply_with(round_, self.topics.update(self.meter), payload)
 
-    async def _on_secagg(self, topic: str, payload: bytes) -> None:
-        """One SecAgg+ request: answer it unless this meter has vanished by that stage."""
+    def _on_secagg(self, topic: str, payload: bytes) -> Awaitable[None] | None:
+        """One SecAgg+ request: answer it unless this meter has vanished by that stage.
+
+        Answered here and now, unless it has to wait (for the round's training batch
+        to start, or for a worker thread): then what is left is returned, and the
+        connection holds this meter's next message until it is done.
+        """
         client = self._secagg
         if client is None:
-            return  # no secure round has begun for this meter
+            return None  # no secure round has begun for this meter
         try:
             msg = sa.decode(payload)
         except GridsimError as exc:
             self._drop(topic, str(exc))
-            return
+            return None
         if msg.round > self._current_round and topic == self.topics.secagg:
-            return  # a request to all meters of a round this meter is not in
+            return None  # a request to all meters of a round this meter is not in
         silent = self._silent_from(msg.round, secure=True)
         if silent is not None and int(msg.stage) >= silent:
             if msg.round == self._current_round:
                 self._vanish(msg.round)
-            return
-        try:
-            # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
-            # Sharing and mask preparation run on the loop at SecAgg+ degrees: each
-            # is a fraction of a millisecond at degree 24, the other core is busy
-            # training meanwhile, and a thread hop per meter and stage cost more in
-            # executor bookkeeping and GIL hand-overs than it saved (secure round of
-            # 500 meters on 2 cores 1.72 -> 1.67 s, CPU 2.70 -> 2.60 s: medians of
-            # five alternating 8-round runs, Zen 5). At large degrees their key
-            # agreements and mask expansion, which release the GIL, take
-            # milliseconds and outlast the training: in a worker thread they use
-            # the other core (classic SecAgg, 500 meters: 10.0 s a round on the
-            # loop, 8.1 s in threads).
-            offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
-            reply: sa.MeterMessage
-            if isinstance(msg, sa.ShareRequest):
-                # The sharing request follows the round's announcement at once: the
-                # other meters handle theirs (and join the training batch, which
-                # starts once the last has) before this meter's key agreements. (A
-                # meter that was expected but does not join, one refused by its
-                # privacy budget say, holds this up to the batch's linger, 0.25 s.)
-                await self.pool.launched(msg.round)
-                reply = await _call(offload, client.share_keys, msg)
-            elif isinstance(msg, sa.MaskedInputRequest):
-                if msg.recipient != self.meter or msg.round != self._trained_round:
-                    self._drop(topic, f"masked-input request for round {msg.round}")
-                    return
-                # Shares, masks and the next round's keys while the training runs;
-                # afterwards masking is one addition. The masked input goes out when
-                # both the training answer and this request are here, whichever is
-                # last: the handler does not wait, so the meter's other messages are
-                # not held up behind its training.
-                await _call(offload, client.prepare_masked_input, msg)
-                client.prepare_next_keys()
-                if self._trained is None:
-                    self._masking = (topic, msg)
-                    return
-                await self._send_masked(topic, msg, self._trained)
-                return
-            elif isinstance(msg, sa.UnmaskRequest):
-                reply = client.unmask(msg)
+            return None
+        # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
+        # Sharing and mask preparation run on the loop at SecAgg+ degrees: each
+        # is a fraction of a millisecond at degree 24, the other core is busy
+        # training meanwhile, and a thread hop per meter and stage cost more in
+        # executor bookkeeping and GIL hand-overs than it saved (secure round of
+        # 500 meters on 2 cores 1.72 -> 1.67 s, CPU 2.70 -> 2.60 s: medians of
+        # five alternating 8-round runs, Zen 5). At large degrees their key
+        # agreements and mask expansion, which release the GIL, take
+        # milliseconds and outlast the training: in a worker thread they use
+        # the other core (classic SecAgg, 500 meters: 10.0 s a round on the
+        # loop, 8.1 s in threads).
+        offload = len(client.neighbors) > OFFLOAD_MIN_NEIGHBORS
+        if isinstance(msg, sa.ShareRequest):
+            # The sharing request follows the round's announcement at once: the
+            # other meters handle theirs (and join the training batch, which
+            # starts once the last has) before this meter's key agreements. (A
+            # meter that was expected but does not join, one refused by its
+            # privacy budget say, holds this up to the batch's linger, 0.25 s.)
+            if offload or self.pool.gathering(msg.round):
+                return self._share_when_launched(topic, msg, offload)
+            self._share(topic, msg, None)
+        elif isinstance(msg, sa.MaskedInputRequest):
+            if msg.recipient != self.meter or msg.round != self._trained_round:
+                self._drop(topic, f"masked-input request for round {msg.round}")
+            elif offload:
+                return self._prepare_in_thread(topic, msg)
             else:
-                self._drop(topic, f"unexpected {type(msg).__name__}")
-                return
+                self._prepare(topic, msg, None)
+        elif isinstance(msg, sa.UnmaskRequest):
+            try:
+                reply = client.unmask(msg)
+            except ProtocolError as exc:
+                self._drop(topic, f"secure aggregation: {exc}")
+                return None
+            self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
+        else:
+            self._drop(topic, f"unexpected {type(msg).__name__}")
+        return None
+
+    def _share(
+        self, topic: str, msg: sa.ShareRequest, shared: sa.MeterMessage | Exception | None
+    ) -> None:
+        """Answer a sharing request (``shared``: the answer, if made elsewhere)."""
+        client = self._secagg
+        assert client is not None
+        try:
+            if shared is None:
+                shared = client.share_keys(msg)
+            elif isinstance(shared, Exception):
+                raise shared
         except ProtocolError as exc:
             self._drop(topic, f"secure aggregation: {exc}")
             return
-        await self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
+        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(shared))
 
-    async def _send_masked(
-        self, topic: str, msg: sa.MaskedInputRequest, answer: MeterAnswer
+    async def _share_when_launched(self, topic: str, msg: sa.ShareRequest, offload: bool) -> None:
+        await self.pool.launched(msg.round)
+        client = self._secagg
+        assert client is not None
+        if not offload:
+            self._share(topic, msg, None)
+            return
+        try:
+            shared: sa.MeterMessage | Exception = await asyncio.to_thread(client.share_keys, msg)
+        except ProtocolError as exc:
+            shared = exc
+        self._share(topic, msg, shared)
+
+    def _prepare(
+        self, topic: str, msg: sa.MaskedInputRequest, prepared: Exception | bool | None
     ) -> None:
+        """Shares, masks and the next round's keys while the training runs; afterwards
+        masking is one addition. The masked input goes out when both the training
+        answer and this request are here, whichever is last: the handler does not
+        wait, so the meter's other messages are not held up behind its training.
+        (``prepared``: True if the masks were prepared elsewhere, or why not.)"""
+        client = self._secagg
+        assert client is not None
+        try:
+            if prepared is None:
+                client.prepare_masked_input(msg)
+            elif isinstance(prepared, Exception):
+                raise prepared
+            client.prepare_next_keys()
+        except ProtocolError as exc:
+            self._drop(topic, f"secure aggregation: {exc}")
+            return
+        if self._trained is None:
+            self._masking = (topic, msg)
+            return
+        self._send_masked(topic, msg, self._trained)
+
+    async def _prepare_in_thread(self, topic: str, msg: sa.MaskedInputRequest) -> None:
+        client = self._secagg
+        assert client is not None
+        try:
+            await asyncio.to_thread(client.prepare_masked_input, msg)
+        except ProtocolError as exc:
+            self._prepare(topic, msg, exc)
+            return
+        self._prepare(topic, msg, True)
+
+    def _send_masked(self, topic: str, msg: sa.MaskedInputRequest, answer: MeterAnswer) -> None:
         """Mask this meter's update (with its round report inside) and send it."""
         client = self._secagg
         assert client is not None
@@ -535,15 +590,20 @@ class MeterAgent:
         if self.pool.quantized is not None and client.quantized is not None:
             self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
         self._answered(msg.round, answer, masked.digest)
-        await self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(masked))
+        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(masked))
 
-    async def _reply_with(self, round_: int, topic: str, payload: bytes) -> None:
+    def _reply_with(self, round_: int, topic: str, payload: bytes) -> None:
         """Send this meter's answer to ``round_``, kept for a re-announcement."""
         self._reply = (round_, topic, payload)
-        await self._send(payload, topic)
+        self._send(payload, topic)
 
-    async def _send(self, payload: bytes, topic: str | None = None) -> None:
-        await self.connection.publish(topic or self.topics.update(self.meter), payload, wait=30)
+    def _send(self, payload: bytes, topic: str) -> None:
+        """Publish now; while disconnected, in the background once connected again."""
+        if not self.connection.publish_nowait(topic, payload):
+            self._spawn(self._send_later(payload, topic))
+
+    async def _send_later(self, payload: bytes, topic: str) -> None:
+        await self.connection.publish(topic, payload, wait=30)
 
     def start(self) -> None:
         self.connection.start()
@@ -568,6 +628,7 @@ async def run_fleet(
     dropout_mode: str = "crash",
     connect_spacing_s: float = 0.002,
     budget: MeterBudget | None = None,
+    mqtt_client: str = "lean",
 ) -> dict[str, int]:
     """Run the agents of ``meters`` until the aggregator says stop (or ``stop`` is set)."""
     agents = [
@@ -580,6 +641,7 @@ async def run_fleet(
             dropout=dropout,
             dropout_mode=dropout_mode,
             budget=budget,
+            mqtt_client=mqtt_client,
         )
         for m in meters
     ]
@@ -611,11 +673,6 @@ async def run_fleet(
         "proofs_missing": sum(a.proofs_missing for a in agents),
         "budget_refusals": sum(a.budget_refusals for a in agents),
     }
-
-
-async def _call(in_thread: bool, func: Callable[[A], R], arg: A) -> R:
-    """``func(arg)`` in a worker thread, or here on the event loop."""
-    return await asyncio.to_thread(func, arg) if in_thread else func(arg)
 
 
 _EXPECTED: dict[tuple[TrainingPool, str, int, bool], int] = {}

@@ -284,6 +284,11 @@ class TrainingPool:
                 self._launch(key, batch)
         return fut
 
+    def gathering(self, round_: int) -> bool:
+        """Whether ``round_``'s training batch is still waiting for meters to join."""
+        batch = self._batches.get((round_, True))
+        return batch is not None and not batch.launched.is_set()
+
     async def launched(self, round_: int) -> None:
         """Wait until ``round_``'s training batch has started (its last meter joined,
         or the wait for missing ones ended); at once when none is gathering.

@@ -48,14 +48,14 @@ def test_a_reannounced_round_gets_the_last_secagg_reply_again_and_only_that_roun
         )
         sent: list[tuple[str | None, bytes]] = []
 
-        async def capture(payload: bytes, topic: str | None = None) -> None:
+        def capture(payload: bytes, topic: str) -> None:
             sent.append((topic, payload))
 
         agent._send = capture  # type: ignore[method-assign]
         key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
         try:
             agent._on_announce(_announce("run-a", 2, key))
-            await agent._reply_with(2, agent.topics.secagg_up(3), b"shares of round 2")
+            agent._reply_with(2, agent.topics.secagg_up(3), b"shares of round 2")
             agent._on_announce(_announce("run-a", 2, key))  # after a reconnect
             await asyncio.sleep(0.05)
             # Not for another aggregator's run, nor once the next round has begun.

@@ -69,7 +69,7 @@ def test_the_announcement_opens_the_secure_round(forged: bool) -> None:
         )
         sent: Sent = []
 
-        async def capture(payload: bytes, topic: str | None = None) -> None:
+        def capture(payload: bytes, topic: str) -> None:
             sent.append((topic, payload))
 
         agent._send = capture  # type: ignore[method-assign]
@@ -114,7 +114,7 @@ def test_only_a_meter_that_just_started_sits_out_a_retained_round(connects: int)
             ME, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
         )
 
-        async def discard(payload: bytes, topic: str | None = None) -> None:
+        def discard(payload: bytes, topic: str) -> None:
             pass
 
         agent._send = discard  # type: ignore[method-assign]

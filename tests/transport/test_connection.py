@@ -7,11 +7,14 @@ import os
 
 import pytest
 
+from gridsim.config import MQTT_CLIENTS
 from gridsim.transport.broker import BrokerAddress
-from gridsim.transport.mqtt import Connection, _Client
+from gridsim.transport.mqtt import _Client, connection
 
 
-async def _burst(address: BrokerAddress, sizes: list[int]) -> tuple[list[bytes], list[bytes]]:
+async def _burst(
+    address: BrokerAddress, sizes: list[int], client: str
+) -> tuple[list[bytes], list[bytes]]:
     received: list[bytes] = []
     done = asyncio.Event()
 
@@ -20,8 +23,8 @@ async def _burst(address: BrokerAddress, sizes: list[int]) -> tuple[list[bytes],
         if len(received) == len(sizes):
             done.set()
 
-    sink = Connection(address, "sink", ["t/burst"], on_message)
-    source = Connection(address, "source", [], lambda t, p: None)
+    sink = connection(client, address, "sink", ["t/burst"], on_message)
+    source = connection(client, address, "source", [], lambda t, p: None)
     sink.start()
     source.start()
     try:
@@ -40,11 +43,12 @@ async def _burst(address: BrokerAddress, sizes: list[int]) -> tuple[list[bytes],
         await sink.close()
 
 
+@pytest.mark.parametrize("client", MQTT_CLIENTS)
 def test_a_burst_of_small_and_large_publishes_arrives_whole_and_in_order(
-    mosquitto: BrokerAddress,
+    mosquitto: BrokerAddress, client: str
 ) -> None:
     sizes = [16, 300_000, 10, 1_000_000, 64] * 20
-    sent, received = asyncio.run(_burst(mosquitto, sizes))
+    sent, received = asyncio.run(_burst(mosquitto, sizes, client))
     assert received == sent
 
 
