@@ -236,15 +236,28 @@ def test_vanishing_meters_are_recorded_as_dropouts(
     assert summary["metrics"]["rmse"] < summary["initial_metrics"]["rmse"]
 
 
-@pytest.mark.parametrize("secagg", [True, False], ids=["secagg", "plain"])
+@pytest.mark.parametrize(
+    ("secagg", "client"),
+    [(True, "lean"), (False, "lean"), (True, "aiomqtt")],
+    ids=["secagg", "plain", "secagg-over-aiomqtt"],
+)
 def test_crashed_meters_are_dropped_without_waiting_for_the_deadline(
-    tmp_path: Path, mosquitto: BrokerAddress, secagg: bool
+    tmp_path: Path, mosquitto: BrokerAddress, secagg: bool, client: str
 ) -> None:
     # Each vanishing meter crashes at a random stage: its connection drops without a
     # goodbye (the broker publishes its will) and it comes back saying it sits the
-    # round out. Waiting for it would take a stage's whole 60 s deadline.
+    # round out. Waiting for it would take a stage's whole 60 s deadline. Both MQTT
+    # clients: the default and aiomqtt (--mqtt-client).
     summary = run(
-        _cfg(tmp_path, mosquitto, dropout=0.3, round_timeout_s=60.0, rounds=2, secagg=secagg)
+        _cfg(
+            tmp_path,
+            mosquitto,
+            dropout=0.3,
+            round_timeout_s=60.0,
+            rounds=2,
+            secagg=secagg,
+            mqtt_client=client,
+        )
     )
     assert summary["rounds_completed"] == 2
     rows = _rounds_csv(tmp_path / "out")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gridsim.config import RunConfig
+from gridsim.config import MQTT_CLIENTS, RunConfig
 from gridsim.learning.batched import BatchedTrainer, TrainConfig
 from gridsim.learning.model import initial_parameters
 
@@ -29,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--mqtt-client", choices=MQTT_CLIENTS, default=RunConfig().mqtt_client, help="see run"
+    )
     parser.add_argument(
         "--loop-sample",
         type=int,
@@ -97,6 +100,7 @@ def _system(
         rounds=args.rounds,
         seed=args.seed,
         workers=args.workers,
+        mqtt_client=args.mqtt_client,
         centralized_baseline=False,
         out=str(out),
         secagg=secagg,
@@ -185,6 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "model_parameters": int(np.load(out / "plain" / "model.npy").shape[0]),
         "broker": "mosquitto",
+        "mqtt_client": args.mqtt_client,
+        "workers": args.workers,
         "torch_threads": torch.get_num_threads(),
         "gridsim": plain,
         "gridsim_secagg": secure,
