@@ -4,6 +4,10 @@ Runs the real system (private Mosquitto, one MQTT connection per meter, the
 aggregator service) for ``--rounds`` rounds and reports medians per round,
 beside what the same local training costs batched and as a per-meter loop,
 and Flower's simulation of the same FedAvg with the same data and model.
+The plain and SecAgg+ systems run ``--repeat`` times each, alternating, and
+their rounds are pooled: on a shared machine whose speed drifts over minutes a
+single run of each compared one slow spell with another (the same version's
+ratio ranged 1.35-1.43x in two runs an hour apart, its plain round 1.42-1.65 s).
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from gridsim.learning.model import initial_parameters
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meters", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs of each of the plain and SecAgg+ systems, alternating (their rounds "
+        "pooled): the machine's drift over minutes hits both alike",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument(
@@ -89,10 +100,12 @@ def _local_training(cfg: RunConfig, loop_sample: int) -> dict[str, Any]:
     }
 
 
-def _system(
+def _run_once(
     args: argparse.Namespace, out: Path, *, secagg: bool, dp: str = "off", dropout: float = 0.0
-) -> dict[str, Any]:
-    """Run the whole system once and summarise its rounds (DP off unless ``dp`` says)."""
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Run the whole system once (DP off unless ``dp`` says): its summary and rounds."""
+    import csv
+
     from gridsim.run import run as run_system
 
     cfg = RunConfig(
@@ -108,16 +121,22 @@ def _system(
         dropout=dropout,
     )
     summary = run_system(cfg)
-    import csv
-
     with (out / "rounds.csv").open() as f:
-        rows = list(csv.DictReader(f))
+        return summary, list(csv.DictReader(f))
+
+
+def _system(
+    runs: list[tuple[dict[str, Any], list[dict[str, str]]]], *, secagg: bool, dropout: float = 0.0
+) -> dict[str, Any]:
+    """Summarise the rounds of one or more runs of the same system, pooled."""
+    summary = runs[-1][0]
+    rows = [row for _, run_rows in runs for row in run_rows]
     # The first round pays one-off costs (torch warm-up); medians hide it, max shows it.
     walls = [float(r["wall_s"]) for r in rows]
     # Empty when a round has no figure (meters in other processes).
     done = [float(r["train_done_s"]) for r in rows] if all(r["train_done_s"] for r in rows) else []
     msgs = sum(2 * int(r["participants"]) + 1 for r in rows)
-    update_bytes = 4 * int(np.load(out / "model.npy").shape[0])
+    update_bytes = 4 * int(initial_parameters(0).shape[0])
     stages = {}
     if secagg:
         from gridsim.run import SECAGG_STAGES
@@ -133,6 +152,8 @@ def _system(
         "secagg": secagg,
         "dp": summary["dp"]["mode"],
         "dropout": dropout,
+        "runs": len(runs),
+        "rounds_pooled": len(rows),
         "median_dropouts": _median(rows, "dropouts"),
         "median_round_s": statistics.median(walls),
         "max_round_s": max(walls),
@@ -162,8 +183,8 @@ def _system(
         # figure rather than a wrong one.
         "messages_per_s": None if secagg else msgs / sum(walls),
         "payload_mb_per_s": None if secagg else msgs * update_bytes / sum(walls) / 1e6,
-        "run_wall_s": summary["wall_s"],
-        "peak_rss_mb": summary["peak_rss_mb"],
+        "run_wall_s": statistics.median(s["wall_s"] for s, _ in runs),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s, _ in runs),
         "final_rmse": summary["metrics"]["rmse"],
         "rounds_abandoned": summary["secagg"].get("rounds_abandoned", 0),
     }
@@ -171,23 +192,36 @@ def _system(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gridsim-bench-"))
-    plain = _system(args, out / "plain", secagg=False)
-    secure = _system(args, out / "secagg", secagg=True)
+    plain_runs, secure_runs = [], []
+    for i in range(max(1, args.repeat)):
+        # Alternating, so that a machine slower for a minute slows both alike.
+        suffix = f"-{i + 1}" if args.repeat > 1 else ""
+        plain_runs.append(_run_once(args, out / f"plain{suffix}", secagg=False))
+        secure_runs.append(_run_once(args, out / f"secagg{suffix}", secagg=True))
+    plain = _system(plain_runs, secagg=False)
+    secure = _system(secure_runs, secagg=True)
     private = None
     if args.with_dp:
         # The default configuration: SecAgg+ with DDGauss noise shares (epsilon 8).
-        private = _system(args, out / "secagg-ddgauss", secagg=True, dp="distributed")
+        private = _system(
+            [_run_once(args, out / "secagg-ddgauss", secagg=True, dp="distributed")], secagg=True
+        )
     crashing = None
     if args.dropout > 0:
         # Meters crash at a random stage; the stages stop waiting for them, and the
         # aggregator recovers the dropped meters' masks.
-        crashing = _system(args, out / "secagg-dropout", secagg=True, dropout=args.dropout)
+        crashing = _system(
+            [_run_once(args, out / "secagg-dropout", secagg=True, dropout=args.dropout)],
+            secagg=True,
+            dropout=args.dropout,
+        )
     cfg = RunConfig(meters=args.meters, rounds=args.rounds, seed=args.seed)
     result: dict[str, Any] = {
         "benchmark": "e2e",
         "meters": args.meters,
         "rounds": args.rounds,
-        "model_parameters": int(np.load(out / "plain" / "model.npy").shape[0]),
+        "repeat": max(1, args.repeat),
+        "model_parameters": int(initial_parameters(args.seed).shape[0]),
         "broker": "mosquitto",
         "mqtt_client": args.mqtt_client,
         "workers": args.workers,
