@@ -48,8 +48,9 @@ from gridsim.transport.mqtt import Backoff, MessageHandler, Will
 
 log = logging.getLogger(__name__)
 
-MAX_PACKET: Final = 256 * 1024 * 1024
-"""The largest packet accepted (MQTT's own limit); the broker's is smaller."""
+MAX_PACKET: Final = 64 * 1024 * 1024
+"""The largest packet accepted, a bound on memory (the shipped broker's limit is
+16 MiB; MQTT's own, 256 MiB, would let one bad length claim that much)."""
 
 _PINGREQ: Final = b"\xc0\x00"
 _DISCONNECT: Final = b"\xe0\x00"
@@ -200,6 +201,7 @@ class _Session(asyncio.Protocol):
         self.connection_lost(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._owner._lost(self)
         if not self.closed.done():
             self.closed.set_result(exc)
         lost = exc if exc is not None else ConnectionError("connection closed")
@@ -266,7 +268,8 @@ class LeanConnection:
             if qos:
                 if qos == 3 or p + 2 > end:
                     raise MqttProtocolError("a malformed QoS field")
-                session.write(b"\x40\x02" + bytes(data[p : p + 2]))  # PUBACK (QoS 2 unused)
+                with contextlib.suppress(ConnectionError):  # closing: the broker resends
+                    session.write(b"\x40\x02" + bytes(data[p : p + 2]))  # PUBACK
                 p += 2
             if p > end:
                 raise MqttProtocolError("a topic longer than its packet")
@@ -309,7 +312,10 @@ class LeanConnection:
                 try:
                     await pending
                 except asyncio.CancelledError:
-                    raise
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # close(): stop here
+                    log.warning("%s: a handler's wait was cancelled", self.identifier)
                 except Exception:
                     log.exception("%s: handler failed", self.identifier)
                 pending = self._next()
@@ -335,14 +341,24 @@ class LeanConnection:
 
     # -- connection -------------------------------------------------------------
 
+    def _lost(self, session: _Session) -> None:
+        """``session`` is gone: publishing waits for the next one from now on."""
+        if self._session is session:
+            self._session = None
+            self.connected.clear()
+
     async def _open(self) -> _Session:
+        # asyncio.timeout, not wait_for: on Python 3.11 a wait_for cancelled in the
+        # loop turn its future completes returns normally and loses the cancellation,
+        # and close() would wait for a connection that goes on.
+        async with asyncio.timeout(self.timeout):
+            return await self._handshake()
+
+    async def _handshake(self) -> _Session:
         loop = asyncio.get_running_loop()
         context = ssl.create_default_context() if self.address.tls else None
-        _, session = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _Session(self), self.address.host, self.address.port, ssl=context
-            ),
-            self.timeout,
+        _, session = await loop.create_connection(
+            lambda: _Session(self), self.address.host, self.address.port, ssl=context
         )
         try:
             session.write(
@@ -354,14 +370,14 @@ class LeanConnection:
                     self.address.password,
                 )
             )
-            code = await asyncio.wait_for(session.connack, self.timeout)
+            code = await session.connack
             if code != 0:
                 raise ConnectionRefusedError(
                     f"the broker refused the connection: {_CONNACK_REASONS.get(code, code)}"
                 )
             if self.subscriptions:
                 session.write(subscribe_packet(1, self.subscriptions))
-                granted = await asyncio.wait_for(session.suback, self.timeout)
+                granted = await session.suback
                 if len(granted) != len(self.subscriptions) or 0x80 in granted:
                     raise MqttProtocolError(f"the broker refused a subscription: {granted.hex()}")
         except BaseException:
@@ -381,7 +397,9 @@ class LeanConnection:
             if now - session.last_in > 1.5 * self.keepalive:
                 session.abort(TimeoutError("the broker has been silent"))
                 return
-            if now - session.last_out >= interval:
+            # Quiet either way: a ping keeps the broker's count going, and its answer
+            # ours (a client that only publishes hears nothing otherwise).
+            if now - session.last_out >= interval or now - session.last_in >= interval:
                 with contextlib.suppress(ConnectionError):
                     session.write(_PINGREQ)
 
@@ -392,12 +410,16 @@ class LeanConnection:
             self._holding = True  # until on_connect has run, as aiomqtt does
             try:
                 session = await self._open()
+                if self._closing:
+                    break
                 self._session = session
                 self.connects += 1
                 self.backoff.reset()
                 self.connected.set()
                 if self.on_connect is not None:
                     await self.on_connect()
+                if self._closing:
+                    break
                 self._release()
                 if self.keepalive:
                     await self._keep_alive(session)
@@ -411,7 +433,12 @@ class LeanConnection:
                 self._session = None
                 self.connected.clear()
                 if session is not None and session.transport is not None:
-                    session.transport.abort()
+                    if self._closing:  # a goodbye, after what is still buffered
+                        with contextlib.suppress(ConnectionError):
+                            session.write(_DISCONNECT)
+                        session.transport.close()
+                    else:
+                        session.transport.abort()
             if not self._closing:
                 # After abort() the broker is fine: come back at once, as a restart would.
                 aborted, self._aborted = self._aborted, False
@@ -479,7 +506,12 @@ class LeanConnection:
         if session is not None and session.transport is not None:
             with contextlib.suppress(ConnectionError):
                 session.write(_DISCONNECT)
+            # Closing flushes what is buffered first (the last messages, then the
+            # goodbye); the connection is lost once it has been written.
             session.transport.close()
+            await asyncio.wait([session.closed], timeout=self.timeout)
+            if not session.closed.done():
+                session.abort(TimeoutError("the broker did not take the last messages"))
         for task in (self._task, self._handling):
             if task is not None and not task.done():
                 task.cancel()
