@@ -522,9 +522,25 @@ class Aggregator:
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
+    async def _wait_for_online(self) -> None:
+        """Wait, up to a round's deadline, until some registered meter is online.
+
+        A broker that stops publishes the wills of its clients: the aggregator may
+        hear every meter go offline just before the restart, and they come back
+        with their hellos only after reconnecting (a backoff of up to seconds). A
+        round started meanwhile would have no one to select.
+        """
+        deadline = time.monotonic() + self.config.round_timeout_s
+        while all(m in self.offline for m in self.registered):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await self._wait_changed(left)
+
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config
         self._mark_started(number)
+        await self._wait_for_online()
         selected = self._select(train)
         secure = train and self.secagg is not None
         dp = cfg.dp if train else None

@@ -307,3 +307,23 @@ def test_ctrl_c_stops_the_aggregator_even_as_a_message_arrives() -> None:
             await task
 
     asyncio.run(scenario())
+
+
+def test_a_round_waits_for_meters_to_come_back_when_all_went_offline() -> None:
+    # A stopping broker publishes every client's will: all meters look offline
+    # until their hellos arrive after the restart. The next round waits for them
+    # instead of failing with no meter to select.
+    async def scenario() -> tuple[bool, bool]:
+        agg = await _aggregator()
+        t = Topics("s")
+        for m in (1, 2):
+            agg._on_message(t.hello(m), _hello(m, key_seed=7))
+            agg._on_message(t.status(m), b"offline")
+        waiting = asyncio.create_task(agg._wait_for_online())
+        await asyncio.sleep(0.2)
+        still_waiting = not waiting.done()
+        agg._on_message(t.hello(2), _hello(2, key_seed=7))  # back after the restart
+        await asyncio.wait_for(waiting, 1)
+        return still_waiting, agg._select(train=True) == [2]
+
+    assert asyncio.run(scenario()) == (True, True)
