@@ -152,6 +152,10 @@ class MeterAgent:
             self._drop(topic, f"unexpected {type(msg).__name__}")
         return None
 
+    def _refuse(self, topic: str, exc: ProtocolError) -> None:
+        """Drop a secure-aggregation message the protocol refused (logged, counted)."""
+        self._drop(topic, f"secure aggregation: {exc}")
+
     def _drop(self, topic: str, reason: str) -> None:
         self.rejected_messages += 1
         DROPS.drop(f"meter {self.meter}", topic, reason)
@@ -487,19 +491,19 @@ class MeterAgent:
             # privacy budget say, holds this up to the batch's linger, 0.25 s.)
             if offload or self.pool.gathering(msg.round):
                 return self._share_when_launched(topic, msg, offload)
-            self._share(topic, msg, None)
+            self._share(topic, msg)
         elif isinstance(msg, sa.MaskedInputRequest):
             if msg.recipient != self.meter or msg.round != self._trained_round:
                 self._drop(topic, f"masked-input request for round {msg.round}")
             elif offload:
                 return self._prepare_in_thread(topic, msg)
             else:
-                self._prepare(topic, msg, None)
+                self._prepare(topic, msg)
         elif isinstance(msg, sa.UnmaskRequest):
             try:
                 reply = client.unmask(msg)
             except ProtocolError as exc:
-                self._drop(topic, f"secure aggregation: {exc}")
+                self._refuse(topic, exc)
                 return None
             self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
         else:
@@ -507,52 +511,45 @@ class MeterAgent:
         return None
 
     def _share(
-        self, topic: str, msg: sa.ShareRequest, shared: sa.MeterMessage | Exception | None
+        self, topic: str, msg: sa.ShareRequest, shared: sa.MeterMessage | None = None
     ) -> None:
-        """Answer a sharing request (``shared``: the answer, if made elsewhere)."""
+        """Answer a sharing request (with ``shared``, if it was made in a thread)."""
         client = self._secagg
         assert client is not None
         try:
-            if shared is None:
-                shared = client.share_keys(msg)
-            elif isinstance(shared, Exception):
-                raise shared
+            reply = shared if shared is not None else client.share_keys(msg)
         except ProtocolError as exc:
-            self._drop(topic, f"secure aggregation: {exc}")
+            self._refuse(topic, exc)
             return
-        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(shared))
+        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
 
     async def _share_when_launched(self, topic: str, msg: sa.ShareRequest, offload: bool) -> None:
         await self.pool.launched(msg.round)
         client = self._secagg
         assert client is not None
-        if not offload:
-            self._share(topic, msg, None)
-            return
-        try:
-            shared: sa.MeterMessage | Exception = await asyncio.to_thread(client.share_keys, msg)
-        except ProtocolError as exc:
-            shared = exc
+        shared = None
+        if offload:
+            try:
+                shared = await asyncio.to_thread(client.share_keys, msg)
+            except ProtocolError as exc:
+                self._refuse(topic, exc)
+                return
         self._share(topic, msg, shared)
 
-    def _prepare(
-        self, topic: str, msg: sa.MaskedInputRequest, prepared: Exception | bool | None
-    ) -> None:
+    def _prepare(self, topic: str, msg: sa.MaskedInputRequest, *, prepared: bool = False) -> None:
         """Shares, masks and the next round's keys while the training runs; afterwards
         masking is one addition. The masked input goes out when both the training
         answer and this request are here, whichever is last: the handler does not
         wait, so the meter's other messages are not held up behind its training.
-        (``prepared``: True if the masks were prepared elsewhere, or why not.)"""
+        (``prepared``: the masks were prepared in a thread already.)"""
         client = self._secagg
         assert client is not None
         try:
-            if prepared is None:
+            if not prepared:
                 client.prepare_masked_input(msg)
-            elif isinstance(prepared, Exception):
-                raise prepared
             client.prepare_next_keys()
         except ProtocolError as exc:
-            self._drop(topic, f"secure aggregation: {exc}")
+            self._refuse(topic, exc)
             return
         if self._trained is None:
             self._masking = (topic, msg)
@@ -565,9 +562,9 @@ class MeterAgent:
         try:
             await asyncio.to_thread(client.prepare_masked_input, msg)
         except ProtocolError as exc:
-            self._prepare(topic, msg, exc)
+            self._refuse(topic, exc)
             return
-        self._prepare(topic, msg, True)
+        self._prepare(topic, msg, prepared=True)
 
     def _send_masked(self, topic: str, msg: sa.MaskedInputRequest, answer: MeterAnswer) -> None:
         """Mask this meter's update (with its round report inside) and send it."""
@@ -585,7 +582,7 @@ class MeterAgent:
                 assert answer.delta is not None
                 masked = client.masked_input(msg, answer.delta, report)
         except ProtocolError as exc:
-            self._drop(topic, f"secure aggregation: {exc}")
+            self._refuse(topic, exc)
             return
         if self.pool.quantized is not None and client.quantized is not None:
             self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized

@@ -40,11 +40,11 @@ import contextlib
 import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from collections.abc import Awaitable, Sequence
+from typing import Any, Final
 
 from gridsim.transport.broker import BrokerAddress
-from gridsim.transport.mqtt import Backoff, MessageHandler, Will
+from gridsim.transport.mqtt import Connection, MessageHandler, Will
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class _Session(asyncio.Protocol):
                 waiter.exception()  # retrieved: the run loop reports it, not asyncio
 
 
-class LeanConnection:
+class LeanConnection(Connection):
     """Keeps one client connected for as long as it runs (see module docstring)."""
 
     def __init__(
@@ -221,29 +221,12 @@ class LeanConnection:
         subscriptions: Sequence[str],
         on_message: MessageHandler,
         *,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
-        will: Will | None = None,
-        keepalive: int = 30,
-        backoff: Backoff | None = None,
         timeout: float = 30.0,
+        **options: Any,
     ) -> None:
-        self.address = address
-        self.identifier = identifier
-        self.subscriptions = list(subscriptions)
-        self.on_message = on_message
-        self.on_connect = on_connect
-        self.will = will
-        self.keepalive = keepalive
-        self.backoff = backoff or Backoff()
+        super().__init__(address, identifier, subscriptions, on_message, **options)
         self.timeout = timeout
-        self.connected = asyncio.Event()
-        self.connects = 0
-        self.retained = False
-        """Whether the message being handled came from the broker's retained store."""
         self._session: _Session | None = None
-        self._closing = False
-        self._aborted = False
-        self._task: asyncio.Task[None] | None = None
         # Messages that came while an earlier one's handler was still running, or
         # while the connection was being set up (until on_connect has run).
         self._backlog: collections.deque[tuple[str, bytes, bool]] = collections.deque()
@@ -457,32 +440,6 @@ class LeanConnection:
             return False
         return True
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        wait: float | None = None,
-    ) -> bool:
-        """Publish at QoS 0, waiting up to ``wait`` seconds for a connection (forever if None).
-
-        Returns False if the message could not be handed to the broker; callers that
-        must not lose it re-send from their ``on_connect`` hook. (Why QoS 0:
-        :meth:`gridsim.transport.mqtt.AiomqttConnection.publish`.) The kernel and
-        the transport buffer what the socket does not take at once, in order.
-        """
-        if self.publish_nowait(topic, payload, retain=retain):
-            return True
-        if self._closing:
-            return False
-        waiter = asyncio.ensure_future(self.connected.wait())
-        try:
-            done, _ = await asyncio.wait([waiter], timeout=wait)
-        finally:
-            waiter.cancel()
-        return bool(done) and self.publish_nowait(topic, payload, retain=retain)
-
     def abort(self) -> None:
         """Drop the connection without a goodbye, as a crashed process does.
 
@@ -493,11 +450,6 @@ class LeanConnection:
         if session is not None:
             self._aborted = True
             session.abort(ConnectionAbortedError("aborted"))
-
-    def start(self) -> asyncio.Task[None]:
-        """Run the connection in a task of its own."""
-        self._task = asyncio.create_task(self.run(), name=f"mqtt-{self.identifier}")
-        return self._task
 
     async def close(self) -> None:
         """Disconnect cleanly (the broker does not publish the will) and stop reconnecting."""

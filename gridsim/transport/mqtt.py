@@ -15,6 +15,7 @@ asyncio protocol, about a tenth of the CPU per message) and ``aiomqtt``
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import dataclasses
@@ -23,7 +24,7 @@ import random
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import aiomqtt
 
@@ -45,48 +46,6 @@ class Will:
     retain: bool = False
 
 
-class Connection(Protocol):
-    """What the aggregator and the meters need of an MQTT connection."""
-
-    identifier: str
-    connected: asyncio.Event
-    connects: int
-    retained: bool
-
-    async def run(self) -> None: ...
-    def start(self) -> asyncio.Task[None]: ...
-    async def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> bool: ...
-    async def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, wait: float | None = None
-    ) -> bool: ...
-
-
-def connection(
-    client: str,
-    address: BrokerAddress,
-    identifier: str,
-    subscriptions: Sequence[str],
-    on_message: MessageHandler,
-    *,
-    on_connect: Callable[[], Awaitable[None]] | None = None,
-    will: Will | None = None,
-) -> Connection:
-    """A connection through ``client`` (one of :data:`MQTT_CLIENTS`)."""
-    if client == "lean":
-        from gridsim.transport.lean import LeanConnection
-
-        return LeanConnection(
-            address, identifier, subscriptions, on_message, on_connect=on_connect, will=will
-        )
-    if client == "aiomqtt":
-        return AiomqttConnection(
-            address, identifier, subscriptions, on_message, on_connect=on_connect, will=will
-        )
-    raise ValueError(f"unknown MQTT client {client!r}; choose one of {', '.join(MQTT_CLIENTS)}")
-
-
 class Backoff:
     """Exponential backoff with full jitter, so reconnecting meters spread out."""
 
@@ -105,6 +64,118 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class Connection(abc.ABC):
+    """What the aggregator and the meters need of an MQTT connection, and what the
+    clients share: their settings and counters, ``start`` and ``publish``."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        identifier: str,
+        subscriptions: Sequence[str],
+        on_message: MessageHandler,
+        *,
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        will: Will | None = None,
+        keepalive: int = 30,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.address = address
+        self.identifier = identifier
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.will = will
+        self.keepalive = keepalive
+        self.backoff = backoff or Backoff()
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self.retained = False
+        """Whether the message being handled came from the broker's retained store
+        (it was published before this connection subscribed), not live."""
+        self._closing = False
+        self._aborted = False
+        self._task: asyncio.Task[None] | None = None
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Stay connected until :meth:`close`; reconnect after every failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Disconnect cleanly (the broker does not publish the will) and stop reconnecting."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the connection without a goodbye, as a crashed process does: the
+        broker publishes the will at once, and :meth:`run` reconnects without a
+        backoff."""
+
+    @abc.abstractmethod
+    def publish_nowait(self, topic: str, payload: bytes, *, retain: bool = False) -> bool:
+        """Publish now at QoS 0 if connected; False if not."""
+
+    def start(self) -> asyncio.Task[None]:
+        """Run the connection in a task of its own."""
+        self._task = asyncio.create_task(self.run(), name=f"mqtt-{self.identifier}")
+        return self._task
+
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, wait: float | None = None
+    ) -> bool:
+        """Publish, waiting up to ``wait`` seconds for a connection (forever if None).
+
+        Returns False if the message could not be handed to the broker; callers
+        that must not lose it re-send from their ``on_connect`` hook.
+
+        QoS 0: a QoS 1 acknowledgement would buy nothing here. Sessions are clean
+        and every connection a new client, so a message unacknowledged when a
+        connection drops is lost either way; while it holds, TCP delivers, and the
+        shipped broker (``max_queued_messages 0``, no inflight limits) queues QoS 0
+        messages for a slow subscriber instead of dropping them. Recovery is the
+        protocol's: the aggregator repeats its announcement and open requests when
+        it reconnects and a stage's request when a meter says hello again, and a
+        meter that sees a round's announcement again (it is retained) sends its
+        last answer again. What the acknowledgements did cost: two more packets
+        per message through the broker and both event loops, and paho's limit of
+        20 unacknowledged messages, which throttled the aggregator's fan-outs (a
+        secure round of 500 meters: 1.6 -> 1.3 s of CPU on the loop's thread).
+        """
+        if self.publish_nowait(topic, payload, retain=retain):
+            return True
+        if self._closing:
+            return False
+        try:
+            async with asyncio.timeout(wait):  # not wait_for: see Aggregator._wait_changed
+                await self.connected.wait()
+        except TimeoutError:
+            return False
+        return self.publish_nowait(topic, payload, retain=retain)
+
+
+def connection(
+    client: str,
+    address: BrokerAddress,
+    identifier: str,
+    subscriptions: Sequence[str],
+    on_message: MessageHandler,
+    *,
+    on_connect: Callable[[], Awaitable[None]] | None = None,
+    will: Will | None = None,
+) -> Connection:
+    """A connection through ``client`` (one of :data:`MQTT_CLIENTS`)."""
+    kind: type[Connection]
+    if client == "lean":
+        from gridsim.transport.lean import LeanConnection
+
+        kind = LeanConnection
+    elif client == "aiomqtt":
+        kind = AiomqttConnection
+    else:
+        raise ValueError(f"unknown MQTT client {client!r}; choose one of {', '.join(MQTT_CLIENTS)}")
+    return kind(address, identifier, subscriptions, on_message, on_connect=on_connect, will=will)
 
 
 def _write_at_once(client: aiomqtt.Client) -> None:
@@ -253,7 +324,7 @@ async def _messages(client: aiomqtt.Client) -> AsyncIterator[aiomqtt.Message]:
         yield message
 
 
-class AiomqttConnection:
+class AiomqttConnection(Connection):
     """A :class:`Connection` over aiomqtt (and paho underneath)."""
 
     def __init__(
@@ -262,29 +333,10 @@ class AiomqttConnection:
         identifier: str,
         subscriptions: Sequence[str],
         on_message: MessageHandler,
-        *,
-        on_connect: Callable[[], Awaitable[None]] | None = None,
-        will: Will | None = None,
-        keepalive: int = 30,
-        backoff: Backoff | None = None,
+        **options: Any,
     ) -> None:
-        self.address = address
-        self.identifier = identifier
-        self.subscriptions = list(subscriptions)
-        self.on_message = on_message
-        self.on_connect = on_connect
-        self.will = will
-        self.keepalive = keepalive
-        self.backoff = backoff or Backoff()
-        self.connected = asyncio.Event()
-        self.connects = 0
+        super().__init__(address, identifier, subscriptions, on_message, **options)
         self._client: aiomqtt.Client | None = None
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-        self._aborted = False
-        self.retained = False
-        """Whether the message being handled came from the broker's retained store
-        (it was published before this connection subscribed), not live."""
 
     def _make_client(self) -> aiomqtt.Client:
         tls_params = aiomqtt.TLSParameters() if self.address.tls else None
@@ -361,49 +413,6 @@ class AiomqttConnection:
         info = client._client.publish(topic, payload, qos=0, retain=retain)  # aiomqtt 2.x: pinned
         return bool(info.rc == 0)
 
-    async def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        wait: float | None = None,
-    ) -> bool:
-        """Publish, waiting up to ``wait`` seconds for a connection (forever if None).
-
-        Returns False if the message could not be handed to the broker; callers
-        that must not lose it re-send from their ``on_connect`` hook.
-
-        QoS 0 by default: a QoS 1 acknowledgement would buy nothing here. Sessions
-        are clean and every connection a new client, so a message unacknowledged
-        when a connection drops is lost either way; while it holds, TCP delivers,
-        and the shipped broker (``max_queued_messages 0``, no inflight limits)
-        queues QoS 0 messages for a slow subscriber instead of dropping them.
-        Recovery is the protocol's: the aggregator repeats its announcement and
-        open requests when it reconnects and a stage's request when a meter says
-        hello again, and a meter that sees a round's announcement again (it is
-        retained) sends its last answer again.
-        What the acknowledgements did cost: two more packets per message through
-        the broker and both event loops, and paho's limit of 20 unacknowledged
-        messages, which throttled the aggregator's fan-outs (a secure round of 500
-        meters: 1.6 -> 1.3 s of CPU on the loop's thread).
-        """
-        if not self.connected.is_set():
-            try:
-                async with asyncio.timeout(wait):  # not wait_for: see Aggregator._wait_changed
-                    await self.connected.wait()
-            except TimeoutError:
-                return False
-        client = self._client
-        if client is None:
-            return False
-        try:
-            await client.publish(topic, payload, qos=0, retain=retain)
-        except aiomqtt.MqttError as exc:
-            log.info("%s: publish to %s failed (%s)", self.identifier, topic, exc)
-            return False
-        return True
-
     def abort(self) -> None:
         """Drop the connection without a goodbye, as a crashed process does.
 
@@ -424,11 +433,6 @@ class AiomqttConnection:
             except OSError:
                 return  # already closed: run() is reconnecting anyway
             self._aborted = True
-
-    def start(self) -> asyncio.Task[None]:
-        """Run the connection in a task of its own."""
-        self._task = asyncio.create_task(self.run(), name=f"mqtt-{self.identifier}")
-        return self._task
 
     async def close(self) -> None:
         """Disconnect cleanly (the broker does not publish the will) and stop reconnecting."""

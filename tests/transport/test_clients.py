@@ -28,6 +28,7 @@ from gridsim.transport.lean import (
     publish_packet,
 )
 from gridsim.transport.mqtt import AiomqttConnection, Backoff, Will, connection
+from tests.transport._util import connected
 
 pytestmark = pytest.mark.broker
 
@@ -54,7 +55,7 @@ def test_retained_messages_are_flagged_and_wait_for_on_connect(
 
         source = connection(client, mosquitto, "source", [], lambda t, p: None)
         source.start()
-        await asyncio.wait_for(source.connected.wait(), 10)
+        await connected(source)
         assert await source.publish("t/state", b"old", retain=True)
         await asyncio.sleep(0.1)
 
@@ -101,8 +102,7 @@ def test_a_handler_that_waits_holds_the_next_messages_in_order(
         sink.start()
         source.start()
         try:
-            await asyncio.wait_for(sink.connected.wait(), 10)
-            await asyncio.wait_for(source.connected.wait(), 10)
+            await connected(sink, source)
             for i in range(1, 6):
                 assert await source.publish("t/seq", str(i).encode())
             await _until(lambda: "start 2" in log)
@@ -135,8 +135,7 @@ def test_an_abort_sends_the_will_and_reconnects_a_close_does_not(
         watcher.start()
         meter.start()
         try:
-            await asyncio.wait_for(watcher.connected.wait(), 10)
-            await asyncio.wait_for(meter.connected.wait(), 10)
+            await connected(watcher, meter)
             meter.abort()
             await _until(lambda: wills == [b"offline"] and meter.connects == 2)
             after_abort = list(wills)
@@ -178,7 +177,7 @@ def test_reconnects_and_runs_on_connect_again_after_a_broker_restart(
         sink.start()
         source.start()
         try:
-            await asyncio.wait_for(sink.connected.wait(), 10)
+            await connected(sink)
             await asyncio.to_thread(mosquitto_process.stop)
             await _until(lambda: not sink.connected.is_set())
             await asyncio.to_thread(mosquitto_process.start)
@@ -215,8 +214,7 @@ def test_a_close_delivers_what_was_published_before_it_and_sends_no_will(
         sink.start()
         source.start()
         try:
-            await asyncio.wait_for(sink.connected.wait(), 10)
-            await asyncio.wait_for(source.connected.wait(), 10)
+            await connected(sink, source)
             for _ in range(40):
                 assert await source.publish("t/big", bytes(1_000_000))
             await source.close()
@@ -240,7 +238,7 @@ def test_a_client_that_only_publishes_keeps_its_connection(
         conn = make(mosquitto, "talker", [], lambda t, p: None, keepalive=1)
         conn.start()
         try:
-            await asyncio.wait_for(conn.connected.wait(), 10)
+            await connected(conn)
             for _ in range(40):  # 4 s: past 1.5 keep-alive intervals twice over
                 await conn.publish("t/talk", b"x")
                 await asyncio.sleep(0.1)

@@ -10,6 +10,7 @@ import pytest
 from gridsim.config import MQTT_CLIENTS
 from gridsim.transport.broker import BrokerAddress
 from gridsim.transport.mqtt import _Client, connection
+from tests.transport._util import connected
 
 
 async def _burst(
@@ -28,8 +29,7 @@ async def _burst(
     sink.start()
     source.start()
     try:
-        await asyncio.wait_for(sink.connected.wait(), 10)
-        await asyncio.wait_for(source.connected.wait(), 10)
+        await connected(sink, source)
         # Sequence number first, so a lost or reordered packet shows.
         sent = [i.to_bytes(4, "big") + os.urandom(n) for i, n in enumerate(sizes)]
         # All at once: large payloads fill the socket, so some packets are written
