@@ -21,7 +21,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,17 @@ from gridsim.transport.mqtt import connection
 from gridsim.transport.topics import Topics
 
 log = logging.getLogger(__name__)
+
+REGATHER_S: Final = 6.0
+"""After the aggregator reconnects (the broker restarted, say), how long it waits at
+most for every registered meter to say hello again, before a stage stops waiting for
+those still silent or the next round selects: longer than a meter's longest
+reconnect backoff (5 s) and a connection."""
+
+WILL_BURST_S: Final = 0.25
+"""A stopping broker publishes the wills of all its clients at once, then drops the
+aggregator too: wills of half the registered meters or more within this window are
+held back this long before a stage stops waiting for those meters."""
 
 
 def _forged(meter: int) -> str:
@@ -179,6 +190,14 @@ class Aggregator:
         self.offline: set[int] = set()
         # Meters that restarted during the open round and sit it out (their hello says so).
         self._sitting_out: set[int] = set()
+        # Registered meters not heard from since the aggregator reconnected, and until
+        # when the next round waits for them (see _wait_for_online).
+        self._unheard: set[int] = set()
+        self._regather_by = 0.0
+        # When each offline meter's will came, and until when a burst of them is
+        # suspected to be a stopping broker's (see _gone).
+        self._will_at: dict[int, float] = {}
+        self._suspect_until = 0.0
         self.rejected_messages = 0
         self.results: list[codec.RoundResult] = []
         self._drops = DropLog(log)
@@ -277,6 +296,7 @@ class Aggregator:
                 return
             self.registered[meter] = msg.n_train
             self.offline.discard(meter)
+            self._unheard.discard(meter)
             self._changed.set()
             rnd = self._round
             if rnd is not None and msg.sits_out == rnd.round:
@@ -417,12 +437,33 @@ class Aggregator:
             self._reject(topic, str(exc))
             return
         if payload == b"offline":
+            now = time.monotonic()
             self.offline.add(meter)
+            self._will_at[meter] = now
+            recent = sum(1 for m in self.offline if now - self._will_at[m] < WILL_BURST_S)
+            if recent >= max(2, len(self.registered) // 2) and now >= self._suspect_until:
+                self._suspect_until = now + WILL_BURST_S
+                asyncio.get_running_loop().call_later(WILL_BURST_S, self._changed.set)
             self._changed.set()
         else:
             self._reject(topic, "unknown status payload")
 
     async def _on_connect(self) -> None:
+        if self.connection.connects > 1 and self.registered:
+            # Reconnected: the broker may have restarted, and every meter with it (its
+            # wills said they went offline). Until they say hello again, or
+            # REGATHER_S passed, they are neither online nor gone: the open stage
+            # and the next round's selection wait for them. A roll call asks those
+            # that reconnected before this aggregator did.
+            self._unheard = set(self.registered)
+            self.offline -= self._unheard
+            self._regather_by = time.monotonic() + REGATHER_S
+            asyncio.get_running_loop().call_later(REGATHER_S, self._changed.set)
+            self._changed.set()
+            roll_call = codec.RollCall(
+                v=codec.WIRE_VERSION, session=self.config.session, run=self.run_id
+            )
+            await self.connection.publish(self.topics.control, codec.encode(roll_call), wait=0)
         if self._announce is not None:
             # The broker may have lost the announcement (e.g. it restarted): repeat it.
             await self.connection.publish(self.topics.round, self._announce, retain=True, wait=0)
@@ -446,8 +487,23 @@ class Aggregator:
     # -- driver -----------------------------------------------------------------
 
     def _gone(self) -> set[int]:
-        """Meters the open round need not wait for: offline, or restarted and sitting out."""
-        return self.offline | self._sitting_out
+        """Meters the open round need not wait for: offline, or restarted and sitting out.
+
+        Not while this aggregator is cut off from the broker, nor, for a moment, the
+        meters of a burst of wills (a stopping broker's, most likely: see
+        WILL_BURST_S); meters silent since this aggregator reconnected count only
+        once REGATHER_S has passed.
+        """
+        if not self.connection.connected.is_set():
+            return set(self._sitting_out)
+        now = time.monotonic()
+        offline = self.offline
+        if now < self._suspect_until:
+            offline = {m for m in offline if now - self._will_at[m] >= WILL_BURST_S}
+        gone = offline | self._sitting_out
+        if self._unheard and now >= self._regather_by:
+            gone |= self._unheard
+        return gone
 
     def _stage_done(self, server: SecAggServer) -> bool:
         """Whether the open SecAgg+ stage waits for no meter that may still answer."""
@@ -531,11 +587,20 @@ class Aggregator:
         round started meanwhile would have no one to select.
         """
         deadline = time.monotonic() + self.config.round_timeout_s
-        while all(m in self.offline for m in self.registered):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            await self._wait_changed(left)
+        # After a reconnect: every registered meter back, or REGATHER_S passed. Meters
+        # come back over their reconnect backoff; a round that selected the first few
+        # would leave the others out of it.
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if self._unheard and now < self._regather_by:
+                await self._wait_changed(min(self._regather_by, deadline) - now)
+            elif all(m in self.offline for m in self.registered):
+                await self._wait_changed(deadline - now)
+            else:
+                break
+        # Meters still silent since the reconnect are taken for offline.
+        self.offline |= self._unheard
+        self._unheard = set()
 
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config

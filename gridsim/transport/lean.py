@@ -38,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Sequence
@@ -123,6 +124,22 @@ def publish_packet(topic: str, payload: bytes, retain: bool = False) -> bytes:
         + head
         + payload
     )
+
+
+def _keep_nagle(transport: asyncio.BaseTransport | None) -> None:
+    """Turn Nagle's algorithm back on (asyncio turns it off for every TCP transport).
+
+    With TCP_NODELAY, the aggregator's burst of 500 small receipts followed by the
+    next round's announcement stalled the broker's deliveries to the meters for
+    about 180 ms at the start of three plain rounds in four (no meter heard
+    anything from 20 ms to 200 ms into the round; the aggregator's buffer was
+    empty, the loop idle); with Nagle's algorithm, as paho leaves it, the meters
+    heard the round from the first millisecond on, and request/reply costs the
+    same (``bench transport``: 23 against 25 us). Only for TCP; TLS runs over it.
+    """
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
 
 class _Session(asyncio.Protocol):
@@ -343,6 +360,7 @@ class LeanConnection(Connection):
         _, session = await loop.create_connection(
             lambda: _Session(self), self.address.host, self.address.port, ssl=context
         )
+        _keep_nagle(session.transport)
         try:
             session.write(
                 connect_packet(

@@ -56,7 +56,11 @@ def _update(agg: Aggregator, meter: int, key_seed: int, delta: np.ndarray) -> by
 
 async def _aggregator() -> Aggregator:
     cfg = AggregatorConfig(session="s", rounds=1, expected_meters=2)
-    return Aggregator(BrokerAddress("127.0.0.1", 1), cfg, np.zeros(DIM, dtype=np.float32))
+    agg = Aggregator(BrokerAddress("127.0.0.1", 1), cfg, np.zeros(DIM, dtype=np.float32))
+    # Messages are handed in directly, as from a connected aggregator (it takes a
+    # will for a dropped meter only while it hears the broker).
+    agg.connection.connected.set()
+    return agg
 
 
 def test_forged_hello_and_update_are_rejected() -> None:
@@ -327,3 +331,91 @@ def test_a_round_waits_for_meters_to_come_back_when_all_went_offline() -> None:
         return still_waiting, agg._select(train=True) == [2]
 
     assert asyncio.run(scenario()) == (True, True)
+
+
+def test_a_burst_of_wills_is_held_back_until_the_aggregator_knows_its_broker_is_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stopping broker publishes every client's will, then drops the aggregator. The
+    # open round must not stop waiting for its meters on those wills: they are held
+    # back for a moment, ignored while the aggregator is cut off, and after it
+    # reconnects the meters count as gone only if they stay silent.
+    from gridsim.aggregator import service
+    from gridsim.aggregator.fedavg_round import FedAvgRound
+
+    monkeypatch.setattr(service, "WILL_BURST_S", 0.1)
+    monkeypatch.setattr(service, "REGATHER_S", 0.3)
+
+    async def scenario() -> list[set[int]]:
+        agg = await _aggregator()
+        t = Topics("s")
+        for m in (1, 2, 3, 4):
+            agg._on_message(t.hello(m), _hello(m, key_seed=7))
+        agg._round = FedAvgRound(
+            0,
+            selected=[1, 2, 3, 4],
+            model=np.zeros(DIM, dtype=np.float32),
+            train=True,
+            run=agg.run_id,
+        )
+        seen = []
+        # One meter crashes on its own: gone at once.
+        agg._on_message(t.status(1), b"offline")
+        seen.append(agg._gone())
+        await asyncio.sleep(0.12)
+        # Later, three wills at once (the broker stopping): held back.
+        for m in (2, 3, 4):
+            agg._on_message(t.status(m), b"offline")
+        seen.append(agg._gone())
+        await asyncio.sleep(0.15)
+        # The broker really went: the aggregator lost it, and takes nobody for gone.
+        agg.connection.connected.clear()
+        seen.append(agg._gone())
+        # It reconnects: every meter is awaited again; two say hello.
+        agg.connection.connected.set()
+        agg.connection.connects = 2
+        await agg._on_connect()
+        agg._on_message(t.hello(2), _hello(2, key_seed=7))
+        agg._on_message(t.hello(3), _hello(3, key_seed=7))
+        seen.append(agg._gone())
+        await asyncio.sleep(0.35)  # the others stay silent past REGATHER_S
+        seen.append(agg._gone())
+        return seen
+
+    assert asyncio.run(scenario()) == [{1}, {1}, set(), set(), {1, 4}]
+
+
+def test_after_a_reconnect_the_next_round_waits_for_every_meter_to_come_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Meters reconnect over their backoff after a broker restart; a round selected
+    # as soon as the first is back would leave the others out. The next round waits
+    # for all (up to REGATHER_S: a meter that never comes back is taken for offline).
+    from gridsim.aggregator import service
+
+    monkeypatch.setattr(service, "REGATHER_S", 1.0)
+
+    async def scenario() -> tuple[bool, list[int], bool, list[int]]:
+        agg = await _aggregator()
+        t = Topics("s")
+        for m in (1, 2, 3):
+            agg._on_message(t.hello(m), _hello(m, key_seed=7))
+        agg.connection.connects = 2
+        await agg._on_connect()
+        agg._on_message(t.hello(1), _hello(1, key_seed=7))
+        waiting = asyncio.create_task(agg._wait_for_online())
+        await asyncio.sleep(0.1)
+        still_waiting = not waiting.done()
+        agg._on_message(t.hello(3), _hello(3, key_seed=7))
+        await asyncio.wait_for(waiting, 3)  # meter 2 never says hello
+        first = agg._select(train=True)
+        # A later reconnect, and every meter back in time: no wait past the last hello.
+        await agg._on_connect()
+        started = time.monotonic()
+        waiting = asyncio.create_task(agg._wait_for_online())
+        for m in (1, 2, 3):
+            agg._on_message(t.hello(m), _hello(m, key_seed=7))
+        await asyncio.wait_for(waiting, 2)
+        return still_waiting, first, time.monotonic() - started < 0.5, agg._select(train=True)
+
+    assert asyncio.run(scenario()) == (True, [1, 3], True, [1, 2, 3])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import struct
 from collections.abc import Callable
 
@@ -262,6 +263,23 @@ def test_a_close_during_the_handshake_returns_and_stops_for_good() -> None:
             return task.done(), conn.connected.is_set(), broker.connections
 
     assert asyncio.run(scenario()) == (True, False, 1)
+
+
+def test_the_lean_client_keeps_nagles_algorithm(mosquitto: BrokerAddress) -> None:
+    # asyncio turns it off; with it off, a burst of small messages and a large one
+    # stalled the broker's deliveries for ~180 ms (see lean._keep_nagle).
+    async def scenario() -> int:
+        conn = LeanConnection(mosquitto, "c", [], lambda t, p: None)
+        conn.start()
+        try:
+            await asyncio.wait_for(conn.connected.wait(), 10)
+            assert conn._session is not None and conn._session.transport is not None
+            sock = conn._session.transport.get_extra_info("socket")
+            return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == 0
 
 
 def test_publishing_while_disconnected_waits_then_reports_failure(mosquitto: BrokerAddress) -> None:
