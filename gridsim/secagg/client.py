@@ -221,6 +221,39 @@ def _round_view(request: AdvertiseRequest) -> _RoundView:
     return view
 
 
+_UnmaskView = tuple[frozenset[int], frozenset[int], frozenset[int]]
+
+_unmask_views: dict[bytes, tuple[UnmaskRequest, _UnmaskView]] = {}
+"""The last few unmasking requests checked in this process, by signature (see
+_unmask_view); like _round_views, touched only by the event loop's thread."""
+
+
+def _unmask_view(request: UnmaskRequest) -> _UnmaskView:
+    """An unmasking request's survivors, dropped meters and both together; raise
+    :class:`ProtocolError` if it repeats a meter or names one as both.
+
+    The lists name every meter of the round: the sets are built once per process
+    and request (an equal request, the signature included, finds them), not by
+    each of its meters, which would cost O(n) per meter and O(n^2) per round.
+    """
+    seen = _unmask_views.get(request.sig)
+    if seen is not None and seen[0] == request:
+        return seen[1]
+    survivors, dropped = frozenset(request.survivors), frozenset(request.dropped)
+    if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
+        raise ProtocolError("unmasking request repeats a meter")
+    both = survivors & dropped
+    if both:
+        raise ProtocolError(
+            f"unmasking request names meter {min(both)} as both surviving and dropped"
+        )
+    view = (survivors, dropped, survivors | dropped)
+    if len(_unmask_views) >= 8:
+        del _unmask_views[next(iter(_unmask_views))]
+    _unmask_views[request.sig] = (request, view)
+    return view
+
+
 Report = Callable[[bytes, int], bytes]
 """Builds a masked input's report from its SHA-256 and its count of clipped values."""
 
@@ -637,14 +670,7 @@ class SecAggClient:
         """Reveal, per neighbour, the self-mask-seed share (survivor) or key share (dropped)."""
         self._check(request, UnmaskRequest, Stage.UNMASK)
         p = self.params
-        survivors, dropped = set(request.survivors), set(request.dropped)
-        if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
-            raise ProtocolError("unmasking request repeats a meter")
-        both = survivors & dropped
-        if both:
-            raise ProtocolError(
-                f"unmasking request names meter {min(both)} as both surviving and dropped"
-            )
+        survivors, dropped, named = _unmask_view(request)
         if self.meter not in survivors:
             raise ProtocolError("unmasking request does not count this meter as surviving")
         if len(survivors) < p.threshold:
@@ -653,7 +679,7 @@ class SecAggClient:
             )
         seed_shares: list[RevealedShare] = []
         key_shares: list[RevealedShare] = []
-        for v in sorted(self._neighbors & (survivors | dropped)):
+        for v in sorted(self._neighbors & named):
             if v not in self._held:
                 raise ProtocolError(f"unmasking request names meter {v}, which did not share")
         for v, (s_share, k_share) in sorted(self._held.items()):
