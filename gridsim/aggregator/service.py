@@ -359,13 +359,7 @@ class Aggregator:
                 self._reject(topic, checked)
                 return
             checks.append((_forged(meter), False, checked))
-        # An unmasking response's advertisement ahead is for the next round: checked
-        # after the response is accepted, off the path the round waits on (500 of
-        # the 1,000 checks after the last masked input, 20 ms of wall time).
-        ahead = server.ahead_check(msg)
-        checks += [
-            (why, True, Check(*c)) for why, c in server.signature_checks(msg, ahead=ahead is None)
-        ]
+        checks += [(why, True, Check(*c)) for why, c in server.signature_checks(msg)]
         meter_msg = msg
 
         def then(results: list[bool]) -> None:
@@ -375,11 +369,7 @@ class Aggregator:
                         server.refuse(meter_msg, why)
                     self._reject(topic, f"secure aggregation: {why}" if protocol else why)
                     return
-            accepted = self._accept_secagg(topic, meter, meter_msg, report, arrived, ahead is None)
-            if accepted and ahead is not None:
-                self.verifier.submit(
-                    [Check(*ahead)], lambda ok: self._confirm_ahead(topic, meter, ok[0])
-                )
+            self._accept_secagg(topic, meter, meter_msg, report, arrived)
 
         if checks:
             self.verifier.submit([c for _, _, c in checks], then)
@@ -393,17 +383,15 @@ class Aggregator:
         msg: sa.SecAggMessage,
         report: codec.Update | None,
         arrived: float,
-        ahead_checked: bool = True,
-    ) -> bool:
-        """Hand a meter's SecAgg+ message, its signatures verified (perhaps but the
-        advertisement ahead's), to the protocol; whether the protocol accepted it."""
+    ) -> None:
+        """Hand a meter's SecAgg+ message, its signatures verified, to the protocol."""
         server = self.secagg
         assert server is not None
         try:
-            server.receive(msg, arrived, signatures_checked=True, ahead_checked=ahead_checked)
+            server.receive(msg, arrived, signatures_checked=True)
         except ProtocolError as exc:
             self._reject(topic, f"secure aggregation: {exc}")
-            return False
+            return
         rnd = self._round
         if report is not None and rnd is not None:
             # Accepted by secure aggregation: the report joins the round as an
@@ -413,14 +401,6 @@ class Aggregator:
                 self._reject(topic, reason)
         if self._stage_done(server):
             self._changed.set()
-        return True
-
-    def _confirm_ahead(self, topic: str, meter: int, ok: bool) -> None:
-        """The check of ``meter``'s advertisement ahead came back (see _on_secagg)."""
-        assert self.secagg is not None
-        self.secagg.confirm_ahead(meter, ok)
-        if not ok:
-            self._reject(topic, "secure aggregation: bad signature on AdvertiseKeys")
 
     def _masked_input_report(
         self, meter: int, msg: sa.MaskedInput
@@ -643,8 +623,6 @@ class Aggregator:
         loop_started = time.thread_time()  # this (the event loop's) thread only
         opening: Outbox | None = None
         if secure:
-            # The last round's advertisements ahead are checked by now (see _on_secagg).
-            await self.verifier.drained()
             # The round's first SecAgg+ request rides in the announcement.
             opening = self._open_secure_round(rnd)
         announce = codec.RoundAnnounce(

@@ -220,8 +220,6 @@ class SecAggServer:
         # Advertisements for the round after the open one, sent ahead by meters in
         # their unmasking responses (checked and signed like any advertisement).
         self._next_adverts: dict[int, AdvertiseKeys] = {}
-        # Those whose signature the caller still checks (see confirm_ahead).
-        self._unchecked_adverts: dict[int, AdvertiseKeys] = {}
         self._reset_round()
 
     def _reset_round(self) -> None:
@@ -356,7 +354,7 @@ class SecAggServer:
             for m in selected
             if (adv := self._next_adverts.get(m)) is not None and adv.round == round
         }
-        self._next_adverts, self._unchecked_adverts = {}, {}
+        self._next_adverts = {}
         self._reset_round()
         self.round, self._last_round = round, round
         self.result, self.abandon_reason = None, None
@@ -388,29 +386,19 @@ class SecAggServer:
 
     # ---- receiving ------------------------------------------------------------------
 
-    def receive(
-        self,
-        msg: SecAggMessage,
-        now: float,
-        *,
-        signatures_checked: bool = False,
-        ahead_checked: bool = True,
-    ) -> None:
+    def receive(self, msg: SecAggMessage, now: float, *, signatures_checked: bool = False) -> None:
         """Accept one meter message, or log, record and raise :class:`ProtocolError`.
 
         Messages arriving after the open stage's deadline (``now > deadline``) are late
         and refused, even before the transport has called :meth:`close_stage`.
         ``signatures_checked`` says that the caller verified every check of
         :meth:`signature_checks` (in a batch, off the event loop): they are not
-        repeated; everything else is. With ``ahead_checked=False`` as well, the
-        signature of an unmasking response's advertisement ahead was left out of
-        those checks (``signature_checks(msg, ahead=False)``): the advertisement
-        waits, unused, until the caller reports its check to :meth:`confirm_ahead`.
+        repeated; everything else is.
         """
         try:
             if self.deadline is not None and now > self.deadline:
                 raise ProtocolError(f"late: arrived at {now}, the stage closed at {self.deadline}")
-            self._accept(msg, signatures_checked, ahead_checked)
+            self._accept(msg, signatures_checked)
         except ProtocolError as exc:
             self.refuse(msg, str(exc))
             raise
@@ -423,13 +411,10 @@ class SecAggServer:
         self.rejected.append(rejection)
         log.warning("secagg: rejected %s from meter %s: %s", rejection.kind, meter, reason)
 
-    def signature_checks(
-        self, msg: SecAggMessage, *, ahead: bool = True
-    ) -> list[tuple[str, tuple[bytes, bytes, bytes]]]:
+    def signature_checks(self, msg: SecAggMessage) -> list[tuple[str, tuple[bytes, bytes, bytes]]]:
         """The Ed25519 checks :meth:`receive` makes of ``msg`` (each with what its
         failure means), for a caller that verifies them in a batch first. Empty when
-        the sender is not enrolled: :meth:`receive` refuses it anyway. ``ahead=False``
-        leaves out the check of an advertisement ahead (see :meth:`ahead_check`).
+        the sender is not enrolled: :meth:`receive` refuses it anyway.
         """
         key = self._enrolled.get(msg.meter) if isinstance(msg, MeterMessage) else None
         if key is None:
@@ -438,42 +423,13 @@ class SecAggServer:
         own = signature_check(msg, key)
         if own is not None:
             checks.append((f"bad signature on {type(msg).__name__}", own))
-        if ahead and isinstance(msg, UnmaskResponse) and msg.next is not None:
-            check = signature_check(msg.next, key)
-            if check is not None:
-                checks.append(("bad signature on AdvertiseKeys", check))
+        if isinstance(msg, UnmaskResponse) and msg.next is not None:
+            ahead = signature_check(msg.next, key)
+            if ahead is not None:
+                checks.append(("bad signature on AdvertiseKeys", ahead))
         return checks
 
-    def ahead_check(self, msg: SecAggMessage) -> tuple[bytes, bytes, bytes] | None:
-        """The Ed25519 check of an unmasking response's advertisement ahead; None
-        when there is none, it verified before, or the sender is not enrolled.
-
-        Nothing in the open round needs it: the advertisement is for the next. A
-        caller may accept the response first, check this off the round's critical
-        path and report to :meth:`confirm_ahead` before the next round starts.
-        """
-        key = self._enrolled.get(msg.meter) if isinstance(msg, MeterMessage) else None
-        if key is None or not isinstance(msg, UnmaskResponse) or msg.next is None:
-            return None
-        return signature_check(msg.next, key)
-
-    def confirm_ahead(self, meter: int, ok: bool) -> None:
-        """Report the check of ``meter``'s advertisement ahead (see :meth:`receive`):
-        it counts for the next round if it verified; otherwise it is refused, and
-        the meter advertises again in that round."""
-        advert = self._unchecked_adverts.pop(meter, None)
-        if advert is None:
-            return  # a new round has begun meanwhile: the advertisement was dropped
-        if not ok:
-            self.refuse(advert, "bad signature on AdvertiseKeys")
-            return
-        key = self._enrolled[meter]
-        remember_verified(advert, key)
-        self._next_adverts[meter] = advert
-
-    def _accept(
-        self, msg: SecAggMessage, signatures_checked: bool = False, ahead_checked: bool = True
-    ) -> None:
+    def _accept(self, msg: SecAggMessage, signatures_checked: bool = False) -> None:
         if not isinstance(msg, MeterMessage):
             raise ProtocolError(f"{type(msg).__name__} is not a meter message")
         if msg.session != self.session:
@@ -503,14 +459,11 @@ class SecAggServer:
                 f"meter {msg.meter}'s advertisement ahead is not its own for the next round"
             )
         if not signatures_checked:
-            ahead_checked = True
             for reason, (raw, data, sig) in self.signature_checks(msg):
                 if not signatures.verify(raw, sig, data):
                     raise ProtocolError(reason)
         remember_verified(msg, key)
-        if ahead is not None and ahead_checked:
-            # (Not before its signature is checked: meters in this process would
-            # take it for verified.)
+        if ahead is not None:
             remember_verified(ahead, key)
         if isinstance(msg, AdvertiseKeys):
             self._adverts[msg.meter] = msg
@@ -519,7 +472,7 @@ class SecAggServer:
         elif isinstance(msg, MaskedInput):
             self._accept_input(msg)
         else:
-            self._accept_unmask(msg, ahead_checked)
+            self._accept_unmask(msg)
 
     def _accept_shares(self, msg: ShareKeys) -> None:
         u = msg.meter
@@ -542,7 +495,7 @@ class SecAggServer:
         self._inputs[msg.meter] = values
         self._digests[msg.meter] = msg.digest
 
-    def _accept_unmask(self, msg: UnmaskResponse, ahead_checked: bool) -> None:
+    def _accept_unmask(self, msg: UnmaskResponse) -> None:
         u = msg.meter
         mine = self._graph[u]
         # The unmasking stage expects exactly the survivors (a set built once).
@@ -558,7 +511,7 @@ class SecAggServer:
                 raise ProtocolError(f"meter {u} reveals a share that is not its own")
         self._responses[u] = msg
         if msg.next is not None:
-            (self._next_adverts if ahead_checked else self._unchecked_adverts)[u] = msg.next
+            self._next_adverts[u] = msg.next
 
     # ---- closing stages -------------------------------------------------------------
 
