@@ -111,6 +111,7 @@ async def serve_meters(
         pool.on_trained = trained
     try:
         if own:
+            pool.start_children()  # from this (the main) thread: see there
             await asyncio.to_thread(pool.warm_up)
         stats = await run_fleet(
             meters,
@@ -442,6 +443,7 @@ async def run_federation(
         try:
             # In a thread, so Ctrl-C cancels this await rather than landing in the
             # middle of synchronous work, where a later await could swallow it.
+            pool.start_children()  # from this (the main) thread: see there
             await asyncio.to_thread(pool.warm_up)
         except BaseException:
             pool.close()

@@ -37,6 +37,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -214,6 +215,29 @@ class TrainingPool:
                 path.write_bytes(pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
             paths.append(path)
         return paths
+
+    def start_children(self) -> None:
+        """Start the training children now, if this pool has any and they are not.
+
+        Call it from the main thread: each child then starts with SIGINT ignored
+        (inherited for the moment it is spawned), so a Ctrl-C that reaches the
+        process group while a child still imports torch (seconds on a busy
+        machine, before its initializer can ignore SIGINT) does not make it print
+        a traceback; the parent handles Ctrl-C and closes the pool. From another
+        thread, or after a crash, children start on their first batch, as before.
+        """
+        if self.child_threads is None:
+            return
+        fresh = self._executors is None
+        children = self._children()
+        if not fresh or threading.current_thread() is not threading.main_thread():
+            return
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for executor in children:
+                executor.submit(os.getpid)  # spawns its process now
+        finally:
+            signal.signal(signal.SIGINT, handler)
 
     def warm_up(self) -> None:
         """Pay torch's first-call costs (seconds) now, before the meters register.
