@@ -94,7 +94,9 @@ class MeterAgent:
         # The last message sent in answer to a round, (round, topic, payload): sent
         # again when the aggregator announces that round again, e.g. after a broker
         # restart, which may have lost it.
-        self._reply: tuple[int, str, bytes] | None = None
+        # The last answer: its round, topic, payload and, for SecAgg+, its stage.
+        self._reply: tuple[int, str, bytes, sa.Stage | None] | None = None
+        self._resent_on = -1  # the connection (its count) on which it was sent again
         self._current_round = -1
         self._run = ""
         self._task: asyncio.Task[None] | None = None
@@ -220,7 +222,7 @@ class MeterAgent:
         last = self._reply
         if last is not None and last[0] == msg.round:
             # The aggregator asks again: resend (it refuses a copy it has, logged).
-            self._send(last[2], last[1])
+            self._resend_reply()
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
@@ -330,7 +332,9 @@ class MeterAgent:
             self._drop(topic, f"secure aggregation: {exc}")
             return False
         if advert is not None:
-            self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(advert))
+            self._reply_with(
+                msg.round, self.topics.secagg_up(self.meter), sa.encode(advert), advert.stage
+            )
         return True
 
     def _join_round(self, msg: codec.RoundAnnounce) -> asyncio.Future[MeterAnswer] | None:
@@ -471,6 +475,14 @@ class MeterAgent:
             if msg.round == self._current_round:
                 self._vanish(msg.round)
             return None
+        last = self._reply
+        repeated = last is not None and last[0] == msg.round and last[3] is msg.stage
+        if repeated and client.answered(msg):
+            # The aggregator asks again for the answer this meter gave last (it
+            # reconnected, or this meter did, and the answer may be lost): send it
+            # again rather than refuse a request already answered.
+            self._resend_reply()
+            return None
         # (A round's AdvertiseRequest comes inside its announcement: _open_secagg.)
         # Sharing and mask preparation run on the loop at SecAgg+ degrees: each
         # is a fraction of a millisecond at degree 24, the other core is busy
@@ -505,7 +517,9 @@ class MeterAgent:
             except ProtocolError as exc:
                 self._refuse(topic, exc)
                 return None
-            self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
+            self._reply_with(
+                msg.round, self.topics.secagg_up(self.meter), sa.encode(reply), reply.stage
+            )
         else:
             self._drop(topic, f"unexpected {type(msg).__name__}")
         return None
@@ -521,7 +535,9 @@ class MeterAgent:
         except ProtocolError as exc:
             self._refuse(topic, exc)
             return
-        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(reply))
+        self._reply_with(
+            msg.round, self.topics.secagg_up(self.meter), sa.encode(reply), reply.stage
+        )
 
     async def _share_when_launched(self, topic: str, msg: sa.ShareRequest, offload: bool) -> None:
         await self.pool.launched(msg.round)
@@ -587,11 +603,27 @@ class MeterAgent:
         if self.pool.quantized is not None and client.quantized is not None:
             self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
         self._answered(msg.round, answer, masked.digest)
-        self._reply_with(msg.round, self.topics.secagg_up(self.meter), sa.encode(masked))
+        self._reply_with(
+            msg.round, self.topics.secagg_up(self.meter), sa.encode(masked), masked.stage
+        )
 
-    def _reply_with(self, round_: int, topic: str, payload: bytes) -> None:
-        """Send this meter's answer to ``round_``, kept for a re-announcement."""
-        self._reply = (round_, topic, payload)
+    def _resend_reply(self) -> None:
+        """Send the last answer again, once per connection: after a reconnect the
+        aggregator repeats its announcement and its open request, and the meter's
+        hello makes it repeat the request again; one copy is what can be lost."""
+        last = self._reply
+        if last is None or self._resent_on == self.connection.connects:
+            return
+        self._resent_on = self.connection.connects
+        self._send(last[2], last[1])
+
+    def _reply_with(
+        self, round_: int, topic: str, payload: bytes, stage: sa.Stage | None = None
+    ) -> None:
+        """Send this meter's answer to ``round_`` (to its SecAgg+ ``stage``), kept for
+        a re-announcement or a repeated request."""
+        self._reply = (round_, topic, payload, stage)
+        self._resent_on = -1
         self._send(payload, topic)
 
     def _send(self, payload: bytes, topic: str) -> None:

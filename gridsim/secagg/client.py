@@ -68,6 +68,7 @@ from gridsim.secagg.messages import (
     MaskedInputRequest,
     RevealedShare,
     RoundParams,
+    SecAggMessage,
     ServerMessage,
     ShareKeys,
     ShareRequest,
@@ -376,6 +377,31 @@ class SecAggClient:
         if msg != self._verified_request:
             verify_signature(msg, self._server_key)
             self._verified_request = msg
+
+    def answered(self, msg: SecAggMessage) -> bool:
+        """Whether ``msg`` is a genuine request of this round's that the client has
+        answered already: the server asks again after a reconnect (its own, or the
+        meter's) when the answer may have been lost. Its session and round are the
+        current ones, its stage is behind the one awaited, and the server's
+        signature verifies; anything else, a forged copy included, is False, and
+        the request takes the usual path (where it is refused and logged).
+        """
+        if (
+            not isinstance(msg, (ShareRequest, MaskedInputRequest, UnmaskRequest))
+            or self._last_round < 0
+            or msg.session != self.session
+            or msg.round != self._last_round
+        ):
+            return False
+        if self._expect is not None and msg.stage >= self._expect:
+            return False
+        try:
+            check_stage(msg)
+            if msg != self._verified_request:
+                verify_signature(msg, self._server_key)
+        except ProtocolError:
+            return False
+        return True
 
     # ---- stage 0: advertise keys ------------------------------------------------------
 

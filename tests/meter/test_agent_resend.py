@@ -70,3 +70,35 @@ def test_a_reannounced_round_gets_the_last_secagg_reply_again_and_only_that_roun
     sent = asyncio.run(scenario())
     up = "gridsim/s/secagg-up/3"
     assert sent == [(up, b"shares of round 2"), (up, b"shares of round 2")]
+
+
+def test_the_last_reply_goes_again_once_per_connection() -> None:
+    # After a reconnect the aggregator repeats its announcement and its open request,
+    # and the meter's hello makes it repeat the request again: one copy of the
+    # answer can be lost, so one goes again per connection, not one per repeat.
+    async def scenario() -> list[tuple[str | None, bytes]]:
+        pool = TrainingPool(meter_windows([3], CFG), seed=CFG.seed)
+        agent = MeterAgent(
+            3, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
+        )
+        sent: list[tuple[str | None, bytes]] = []
+
+        def capture(payload: bytes, topic: str) -> None:
+            sent.append((topic, payload))
+
+        agent._send = capture  # type: ignore[method-assign]
+        key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
+        try:
+            agent._on_announce(_announce("run-a", 2, key))
+            agent._reply_with(2, agent.topics.secagg_up(3), b"shares of round 2")
+            agent._on_announce(_announce("run-a", 2, key))  # repeated after a reconnect
+            agent._on_announce(_announce("run-a", 2, key))  # and once more on it
+            agent.connection.connects += 1  # the meter reconnects: its count goes up
+            agent._on_announce(_announce("run-a", 2, key))
+            await asyncio.sleep(0.05)
+        finally:
+            await agent.stop()
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert [payload for _, payload in sent] == [b"shares of round 2"] * 3
