@@ -12,11 +12,12 @@
 //! values, for which a signature can verify on more than one message.
 //! Honest signers never produce them.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use rayon::prelude::*;
+
+use crate::memo::Memo;
 
 /// Bytes in a secret seed and in a public key.
 pub const KEY_LEN: usize = 32;
@@ -59,23 +60,9 @@ const KEY_CACHE_LIMIT: usize = 1 << 16;
 /// point is a square root, about a sixth of a verification. None for bytes that
 /// are no curve point. Public data only.
 fn verifying_key(public: &[u8; KEY_LEN]) -> Option<VerifyingKey> {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; KEY_LEN], Option<VerifyingKey>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let lock = || {
-        cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
-    if let Some(found) = lock().get(public) {
-        return *found;
-    }
-    let parsed = VerifyingKey::from_bytes(public).ok();
-    let mut map = lock();
-    if map.len() >= KEY_CACHE_LIMIT {
-        map.clear();
-    }
-    map.insert(*public, parsed);
-    parsed
+    static KEYS: OnceLock<Memo<[u8; KEY_LEN], Option<VerifyingKey>>> = OnceLock::new();
+    KEYS.get_or_init(|| Memo::new(KEY_CACHE_LIMIT))
+        .get_or_compute(*public, |raw| VerifyingKey::from_bytes(raw).ok())
 }
 
 /// Whether `signature` is `public`'s signature of `message` (see the module notes).

@@ -8,6 +8,7 @@ pub mod dgauss;
 pub mod ed25519;
 pub mod error;
 pub mod fedavg;
+pub mod memo;
 pub mod merkle;
 pub mod prg;
 pub mod quant;

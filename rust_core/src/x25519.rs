@@ -44,8 +44,7 @@
 //! key schedule for a round (a mask seed and two share keys per neighbour) is one
 //! call without the GIL.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
@@ -56,6 +55,8 @@ use rayon::prelude::*;
 use sha2::Sha256;
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroize;
+
+use crate::memo::Memo;
 
 #[cfg(target_arch = "x86_64")]
 mod ifma;
@@ -99,23 +100,10 @@ fn map_peer(public: &[u8; KEY_LEN]) -> Peer {
 
 /// [`map_peer`], remembered per process.
 fn peer(public: &[u8; KEY_LEN]) -> Peer {
-    static CACHE: OnceLock<Mutex<HashMap<[u8; KEY_LEN], Peer>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let lock = || {
-        cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    };
-    if let Some(found) = lock().get(public) {
-        return *found;
-    }
-    let mapped = map_peer(public);
-    let mut map = lock();
-    if map.len() >= PEER_CACHE_LIMIT {
-        map.clear();
-    }
-    map.insert(*public, mapped);
-    mapped
+    static PEERS: OnceLock<Memo<[u8; KEY_LEN], Peer>> = OnceLock::new();
+    PEERS
+        .get_or_init(|| Memo::new(PEER_CACHE_LIMIT))
+        .get_or_compute(*public, map_peer)
 }
 
 /// The public key of `secret` (its clamped scalar times the base point).

@@ -63,6 +63,20 @@ async def _aggregator() -> Aggregator:
     return agg
 
 
+async def _aggregator_in_a_round(meters: list[int]) -> Aggregator:
+    """An aggregator with ``meters`` enrolled and round 0 open for all of them."""
+    from gridsim.aggregator.fedavg_round import FedAvgRound
+
+    agg = await _aggregator()
+    t = Topics("s")
+    for m in meters:
+        agg._on_message(t.hello(m), _hello(m, key_seed=7))
+    agg._round = FedAvgRound(
+        0, selected=meters, model=np.zeros(DIM, dtype=np.float32), train=True, run=agg.run_id
+    )
+    return agg
+
+
 def test_forged_hello_and_update_are_rejected() -> None:
     async def scenario() -> None:
         agg = await _aggregator()
@@ -100,19 +114,8 @@ def test_forged_hello_and_update_are_rejected() -> None:
 
 def test_a_round_stops_waiting_for_meters_that_dropped_or_restarted() -> None:
     async def scenario() -> None:
-        from gridsim.aggregator.fedavg_round import FedAvgRound
-
-        agg = await _aggregator()
+        agg = await _aggregator_in_a_round([1, 2, 3, 4])
         t = Topics("s")
-        for m in (1, 2, 3, 4):
-            agg._on_message(t.hello(m), _hello(m, key_seed=7))
-        agg._round = FedAvgRound(
-            0,
-            selected=[1, 2, 3, 4],
-            model=np.zeros(DIM, dtype=np.float32),
-            train=True,
-            run=agg.run_id,
-        )
         # Meter 3 crashes: the broker publishes its will. It comes back at once saying
         # it restarted and sits round 0 out: still not waited for, though online.
         agg._on_message(t.status(3), b"offline")
@@ -341,23 +344,13 @@ def test_a_burst_of_wills_is_held_back_until_the_aggregator_knows_its_broker_is_
     # back for a moment, ignored while the aggregator is cut off, and after it
     # reconnects the meters count as gone only if they stay silent.
     from gridsim.aggregator import service
-    from gridsim.aggregator.fedavg_round import FedAvgRound
 
     monkeypatch.setattr(service, "WILL_BURST_S", 0.1)
     monkeypatch.setattr(service, "REGATHER_S", 0.3)
 
     async def scenario() -> list[set[int]]:
-        agg = await _aggregator()
+        agg = await _aggregator_in_a_round([1, 2, 3, 4])
         t = Topics("s")
-        for m in (1, 2, 3, 4):
-            agg._on_message(t.hello(m), _hello(m, key_seed=7))
-        agg._round = FedAvgRound(
-            0,
-            selected=[1, 2, 3, 4],
-            model=np.zeros(DIM, dtype=np.float32),
-            train=True,
-            run=agg.run_id,
-        )
         seen = []
         # One meter crashes on its own: gone at once.
         agg._on_message(t.status(1), b"offline")

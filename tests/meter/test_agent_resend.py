@@ -40,18 +40,24 @@ def _announce(run: str, round_: int, server_key: bytes) -> codec.RoundAnnounce:
     )
 
 
+def _agent_with_outbox() -> tuple[MeterAgent, list[tuple[str | None, bytes]]]:
+    """Meter 3, and the list its outgoing messages land in (topic, payload)."""
+    pool = TrainingPool(meter_windows([3], CFG), seed=CFG.seed)
+    agent = MeterAgent(
+        3, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
+    )
+    sent: list[tuple[str | None, bytes]] = []
+
+    def capture(payload: bytes, topic: str) -> None:
+        sent.append((topic, payload))
+
+    agent._send = capture  # type: ignore[method-assign]
+    return agent, sent
+
+
 def test_a_reannounced_round_gets_the_last_secagg_reply_again_and_only_that_round() -> None:
     async def scenario() -> list[tuple[str | None, bytes]]:
-        pool = TrainingPool(meter_windows([3], CFG), seed=CFG.seed)
-        agent = MeterAgent(
-            3, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
-        )
-        sent: list[tuple[str | None, bytes]] = []
-
-        def capture(payload: bytes, topic: str) -> None:
-            sent.append((topic, payload))
-
-        agent._send = capture  # type: ignore[method-assign]
+        agent, sent = _agent_with_outbox()
         key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
         try:
             agent._on_announce(_announce("run-a", 2, key))
@@ -77,16 +83,7 @@ def test_the_last_reply_goes_again_once_per_connection() -> None:
     # and the meter's hello makes it repeat the request again: one copy of the
     # answer can be lost, so one goes again per connection, not one per repeat.
     async def scenario() -> list[tuple[str | None, bytes]]:
-        pool = TrainingPool(meter_windows([3], CFG), seed=CFG.seed)
-        agent = MeterAgent(
-            3, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
-        )
-        sent: list[tuple[str | None, bytes]] = []
-
-        def capture(payload: bytes, topic: str) -> None:
-            sent.append((topic, payload))
-
-        agent._send = capture  # type: ignore[method-assign]
+        agent, sent = _agent_with_outbox()
         key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
         try:
             agent._on_announce(_announce("run-a", 2, key))
