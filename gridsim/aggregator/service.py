@@ -67,6 +67,10 @@ WILL_BURST_S: Final = 0.25
 aggregator too: wills of half the registered meters or more within this window are
 held back this long before a stage stops waiting for those meters."""
 
+WILL_SETTLE_S: Final = 0.02
+"""Every will waits this long before its meter counts as gone, so that the first
+wills of a broker's burst (read before the rest) do not close a stage at once."""
+
 
 def _forged(meter: int) -> str:
     return f"forged update for meter {meter}: its signature does not verify"
@@ -440,11 +444,12 @@ class Aggregator:
             now = time.monotonic()
             self.offline.add(meter)
             self._will_at[meter] = now
-            recent = sum(1 for m in self.offline if now - self._will_at[m] < WILL_BURST_S)
+            recent = sum(1 for m in self.offline if now - self._will_at.get(m, 0.0) < WILL_BURST_S)
+            loop = asyncio.get_running_loop()
             if recent >= max(2, len(self.registered) // 2) and now >= self._suspect_until:
                 self._suspect_until = now + WILL_BURST_S
-                asyncio.get_running_loop().call_later(WILL_BURST_S, self._changed.set)
-            self._changed.set()
+                loop.call_later(WILL_BURST_S, self._changed.set)
+            loop.call_later(WILL_SETTLE_S, self._changed.set)
         else:
             self._reject(topic, "unknown status payload")
 
@@ -497,9 +502,9 @@ class Aggregator:
         if not self.connection.connected.is_set():
             return set(self._sitting_out)
         now = time.monotonic()
-        offline = self.offline
-        if now < self._suspect_until:
-            offline = {m for m in offline if now - self._will_at[m] >= WILL_BURST_S}
+        # A will counts once it has settled, or, in a burst, once the burst is over.
+        hold = WILL_BURST_S if now < self._suspect_until else WILL_SETTLE_S
+        offline = {m for m in self.offline if now - self._will_at.get(m, 0.0) >= hold}
         gone = offline | self._sitting_out
         if self._unheard and now >= self._regather_by:
             gone |= self._unheard
@@ -594,11 +599,13 @@ class Aggregator:
             now = time.monotonic()
             if self._unheard and now < self._regather_by:
                 await self._wait_changed(min(self._regather_by, deadline) - now)
-            elif all(m in self.offline for m in self.registered):
-                await self._wait_changed(deadline - now)
-            else:
+                continue
+            # Meters still silent since the reconnect are taken for offline.
+            self.offline |= self._unheard
+            self._unheard = set()
+            if not all(m in self.offline for m in self.registered):
                 break
-        # Meters still silent since the reconnect are taken for offline.
+            await self._wait_changed(deadline - now)
         self.offline |= self._unheard
         self._unheard = set()
 

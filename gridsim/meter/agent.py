@@ -222,7 +222,8 @@ class MeterAgent:
         last = self._reply
         if last is not None and last[0] == msg.round:
             # The aggregator asks again: resend (it refuses a copy it has, logged).
-            self._resend_reply()
+            # It re-announces once per reconnect of its own, so always.
+            self._resend_reply(always=True)
             return
         if msg.round <= self._current_round:
             return  # already working on it, or a stale announcement
@@ -607,12 +608,15 @@ class MeterAgent:
             msg.round, self.topics.secagg_up(self.meter), sa.encode(masked), masked.stage
         )
 
-    def _resend_reply(self) -> None:
-        """Send the last answer again, once per connection: after a reconnect the
-        aggregator repeats its announcement and its open request, and the meter's
-        hello makes it repeat the request again; one copy is what can be lost."""
+    def _resend_reply(self, *, always: bool = False) -> None:
+        """Send the last answer again: ``always`` for a repeated announcement (the
+        aggregator repeats it once per reconnect of its own), and otherwise (a
+        repeated request) once per connection of this meter's, as long as nothing
+        was sent again on it: after a reconnect the aggregator repeats its open
+        request too, and the meter's hello makes it repeat the request again, and
+        one copy is what can have been lost."""
         last = self._reply
-        if last is None or self._resent_on == self.connection.connects:
+        if last is None or (not always and self._resent_on == self.connection.connects):
             return
         self._resent_on = self.connection.connects
         self._send(last[2], last[1])

@@ -223,8 +223,9 @@ class TrainingPool:
         (inherited for the moment it is spawned), so a Ctrl-C that reaches the
         process group while a child still imports torch (seconds on a busy
         machine, before its initializer can ignore SIGINT) does not make it print
-        a traceback; the parent handles Ctrl-C and closes the pool. From another
-        thread, or after a crash, children start on their first batch, as before.
+        a traceback; the parent handles Ctrl-C and closes the pool. (A Ctrl-C in the
+        milliseconds the spawns take is lost.) From another thread, or after a
+        crash, children start on their first batch, as before.
         """
         if self.child_threads is None:
             return
@@ -237,7 +238,8 @@ class TrainingPool:
             for executor in children:
                 executor.submit(os.getpid)  # spawns its process now
         finally:
-            signal.signal(signal.SIGINT, handler)
+            # (None: a handler installed from C, which Python cannot put back.)
+            signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
 
     def warm_up(self) -> None:
         """Pay torch's first-call costs (seconds) now, before the meters register.

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from gridsim.aggregator.service import Aggregator, AggregatorConfig
+from gridsim.aggregator.service import WILL_SETTLE_S, Aggregator, AggregatorConfig
 from gridsim.ledger.entries import MeterContribution
 from gridsim.meter.identity import meter_signing_key, raw_public_key
 from gridsim.transport import codec
@@ -122,13 +122,17 @@ def test_a_round_stops_waiting_for_meters_that_dropped_or_restarted() -> None:
         agg._on_message(t.hello(3), _hello(3, key_seed=7, sits_out=0))
         assert 3 not in agg.offline and agg._gone() == {3}
         # Meter 4 loses its connection and comes back holding the round: waited for.
+        # (A will counts once it has settled: WILL_SETTLE_S.)
         agg._on_message(t.status(4), b"offline")
+        assert agg._gone() == {3}
+        await asyncio.sleep(WILL_SETTLE_S + 0.01)
         assert agg._gone() == {3, 4}
         agg._on_message(t.hello(4), _hello(4, key_seed=7, sits_out=7))
         assert agg._gone() == {3}
         agg._on_message(t.update(1), _update(agg, 1, key_seed=7, delta=np.ones(DIM)))
         agg._changed.clear()
         agg._on_message(t.status(4), b"offline")  # and drops for good
+        await asyncio.sleep(WILL_SETTLE_S + 0.01)
         agg._changed.clear()
         # The last answer the round can still get wakes the round up to close.
         agg._on_message(t.update(2), _update(agg, 2, key_seed=7, delta=np.ones(DIM)))
@@ -352,8 +356,9 @@ def test_a_burst_of_wills_is_held_back_until_the_aggregator_knows_its_broker_is_
         agg = await _aggregator_in_a_round([1, 2, 3, 4])
         t = Topics("s")
         seen = []
-        # One meter crashes on its own: gone at once.
+        # One meter crashes on its own: gone once its will has settled.
         agg._on_message(t.status(1), b"offline")
+        await asyncio.sleep(service.WILL_SETTLE_S + 0.01)
         seen.append(agg._gone())
         await asyncio.sleep(0.12)
         # Later, three wills at once (the broker stopping): held back.
@@ -412,3 +417,33 @@ def test_after_a_reconnect_the_next_round_waits_for_every_meter_to_come_back(
         return still_waiting, first, time.monotonic() - started < 0.5, agg._select(train=True)
 
     assert asyncio.run(scenario()) == (True, [1, 3], True, [1, 2, 3])
+
+
+def test_when_no_meter_comes_back_after_a_reconnect_the_next_round_still_waits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After a reconnect and REGATHER_S with no hello, the silent meters are offline:
+    # the next round goes on waiting, up to its deadline, for one to come back
+    # (it does not select nobody), and a will that comes meanwhile is handled.
+    from gridsim.aggregator import service
+
+    monkeypatch.setattr(service, "REGATHER_S", 0.2)
+
+    async def scenario() -> tuple[bool, list[int], set[int]]:
+        agg = await _aggregator_in_a_round([1, 2, 3])
+        t = Topics("s")
+        for m in (1, 2, 3):
+            agg._on_message(t.status(m), b"offline")
+        agg.connection.connects = 2
+        await agg._on_connect()
+        waiting = asyncio.create_task(agg._wait_for_online())
+        await asyncio.sleep(0.4)  # REGATHER_S passed, nobody back
+        still_waiting = not waiting.done()
+        agg._on_message(t.hello(2), _hello(2, key_seed=7))
+        await asyncio.wait_for(waiting, 2)
+        selected = agg._select(train=True)
+        agg._on_message(t.status(2), b"offline")  # its will, once it is offline again
+        await asyncio.sleep(WILL_SETTLE_S + 0.01)
+        return still_waiting, selected, agg._gone()
+
+    assert asyncio.run(scenario()) == (True, [2], {1, 2, 3})

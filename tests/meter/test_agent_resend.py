@@ -78,24 +78,26 @@ def test_a_reannounced_round_gets_the_last_secagg_reply_again_and_only_that_roun
     assert sent == [(up, b"shares of round 2"), (up, b"shares of round 2")]
 
 
-def test_the_last_reply_goes_again_once_per_connection() -> None:
-    # After a reconnect the aggregator repeats its announcement and its open request,
-    # and the meter's hello makes it repeat the request again: one copy of the
-    # answer can be lost, so one goes again per connection, not one per repeat.
-    async def scenario() -> list[tuple[str | None, bytes]]:
+def test_a_repeated_request_gets_the_last_reply_again_once_per_connection() -> None:
+    # After a reconnect the aggregator repeats its announcement (once per reconnect of
+    # its own: the answer goes again every time) and its open request, and the
+    # meter's hello makes it repeat the request again: for repeated requests the
+    # answer goes again once per connection of the meter's, unless it went already.
+    async def scenario() -> list[bytes]:
         agent, sent = _agent_with_outbox()
         key = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
         try:
             agent._on_announce(_announce("run-a", 2, key))
             agent._reply_with(2, agent.topics.secagg_up(3), b"shares of round 2")
-            agent._on_announce(_announce("run-a", 2, key))  # repeated after a reconnect
-            agent._on_announce(_announce("run-a", 2, key))  # and once more on it
-            agent.connection.connects += 1  # the meter reconnects: its count goes up
-            agent._on_announce(_announce("run-a", 2, key))
+            agent._resend_reply()  # a repeated request: sent again
+            agent._resend_reply()  # and another on the same connection: not
+            agent._on_announce(_announce("run-a", 2, key))  # re-announced: sent again
+            agent._resend_reply()  # not
+            agent.connection.connects += 1  # the meter reconnects
+            agent._resend_reply()  # sent again
             await asyncio.sleep(0.05)
         finally:
             await agent.stop()
-        return sent
+        return [payload for _, payload in sent]
 
-    sent = asyncio.run(scenario())
-    assert [payload for _, payload in sent] == [b"shares of round 2"] * 3
+    assert asyncio.run(scenario()) == [b"shares of round 2"] * 4
