@@ -14,15 +14,18 @@ import contextlib
 from typing import cast
 
 import aiomqtt
+import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gridsim.config import RunConfig
 from gridsim.learning.model import initial_parameters
 from gridsim.meter.agent import MeterAgent
+from gridsim.meter.identity import meter_signing_key
 from gridsim.meter.training_pool import TrainingPool
 from gridsim.run import meter_windows
 from gridsim.secagg import messages as sa
+from gridsim.secagg.client import SecAggClient
 from gridsim.secagg.server import SecAggConfig, SecAggServer
 from gridsim.transport import codec
 from gridsim.transport.broker import BrokerAddress
@@ -179,3 +182,68 @@ def test_a_meter_that_starts_during_a_secure_round_sits_it_out(
     else:
         assert hellos == [-1] and started
         assert [type(r) for r in replies] == [sa.AdvertiseKeys]
+
+
+def test_a_repeated_sharing_request_gets_the_shares_again_and_a_forged_one_is_refused() -> None:
+    """After a reconnect the aggregator repeats its open request: a meter that has
+    answered it sends the same answer again (it may have been lost) instead of
+    refusing it; a copy with a forged signature is refused and logged, unanswered.
+    The requests are real ones, made and signed by :class:`SecAggServer`."""
+
+    async def scenario() -> tuple[list[bytes], int, int]:
+        pool = TrainingPool(meter_windows([ME], CFG), seed=CFG.seed)
+        agent = MeterAgent(
+            ME, address=BrokerAddress("127.0.0.1", 1), session="s", pool=pool, seed=CFG.seed
+        )
+        sent: list[bytes] = []
+
+        def capture(payload: bytes, topic: str) -> None:
+            sent.append(payload)
+
+        agent._send = capture  # type: ignore[method-assign]
+        server_key = Ed25519PrivateKey.generate()
+        server = SecAggServer(server_key, "s", SecAggConfig(d=8, neighbors="all"))
+        others = {
+            m: SecAggClient(
+                m,
+                meter_signing_key(CFG.seed, m),
+                server_key.public_key(),
+                agent.peer_keys,
+                session="s",
+            )
+            for m in METERS
+            if m != ME
+        }
+        for m in METERS:
+            server.enroll(m, agent.peer_keys[m] if m != ME else agent._key.public_key())
+        opening = server.start_round(5, METERS, 0.0).broadcast
+        assert isinstance(opening, sa.AdvertiseRequest)
+        try:
+            agent._on_announce(_announce(server_key, sa.encode(opening)))
+            for client in others.values():
+                advert = client.advertise(opening)
+                assert advert is not None
+                server.receive(advert, 0.0)
+            server.receive(sa.decode(sent[0]), 0.0)  # this meter's advertisement
+            request = server.close_stage(0.0).direct[ME]
+            topic = agent.topics.secagg_to(ME)
+            payload = sa.encode(request)
+            waiting = agent._on_secagg(topic, payload)  # shares once training starts
+            if waiting is not None:
+                await asyncio.wait_for(waiting, 30)
+            answered = len(sent)
+            assert agent._on_secagg(topic, payload) is None  # repeated: answered again
+            forged = sa.encode(msgspec.structs.replace(request, sig=bytes(64)))
+            assert agent._on_secagg(topic, forged) is None
+            await asyncio.sleep(0.05)
+            return sent, answered, agent.rejected_messages
+        finally:
+            await agent.stop()
+            pool.close()
+
+    sent, answered, rejected = asyncio.run(scenario())
+    assert answered == 2  # the advertisement, then the shares
+    shares = sa.decode(sent[1])
+    assert isinstance(shares, sa.ShareKeys) and shares.meter == ME
+    assert sent[2:] == [sent[1]]  # the same answer once more, nothing for the forgery
+    assert rejected == 1
