@@ -584,30 +584,26 @@ class Aggregator:
         os.replace(tmp, path)
 
     async def _wait_for_online(self) -> None:
-        """Wait, up to a round's deadline, until some registered meter is online.
+        """Wait, up to a round's deadline, until the round has meters to select.
 
-        A broker that stops publishes the wills of its clients: the aggregator may
-        hear every meter go offline just before the restart, and they come back
-        with their hellos only after reconnecting (a backoff of up to seconds). A
-        round started meanwhile would have no one to select.
+        After this aggregator reconnects, that is every registered meter back, or
+        REGATHER_S passed (meters still silent then are offline): they come back
+        over their reconnect backoff, and a round that selected the first few would
+        leave the others out. In any case some meter must be online: a broker that
+        stops publishes its clients' wills, and a round started before their hellos
+        would have no one to select.
         """
         deadline = time.monotonic() + self.config.round_timeout_s
-        # After a reconnect: every registered meter back, or REGATHER_S passed. Meters
-        # come back over their reconnect backoff; a round that selected the first few
-        # would leave the others out of it.
-        while time.monotonic() < deadline:
+        while True:
             now = time.monotonic()
-            if self._unheard and now < self._regather_by:
-                await self._wait_changed(min(self._regather_by, deadline) - now)
-                continue
-            # Meters still silent since the reconnect are taken for offline.
-            self.offline |= self._unheard
-            self._unheard = set()
-            if not all(m in self.offline for m in self.registered):
-                break
-            await self._wait_changed(deadline - now)
-        self.offline |= self._unheard
-        self._unheard = set()
+            regathering = bool(self._unheard) and now < min(self._regather_by, deadline)
+            if not regathering:
+                self.offline |= self._unheard
+                self._unheard = set()
+                if now >= deadline or not all(m in self.offline for m in self.registered):
+                    return
+            until = min(self._regather_by, deadline) if regathering else deadline
+            await self._wait_changed(until - now)
 
     async def _run_round(self, number: int, train: bool) -> RoundOutcome:
         cfg = self.config

@@ -333,9 +333,7 @@ class MeterAgent:
             self._drop(topic, f"secure aggregation: {exc}")
             return False
         if advert is not None:
-            self._reply_with(
-                msg.round, self.topics.secagg_up(self.meter), sa.encode(advert), advert.stage
-            )
+            self._reply_secagg(msg.round, advert)
         return True
 
     def _join_round(self, msg: codec.RoundAnnounce) -> asyncio.Future[MeterAnswer] | None:
@@ -518,9 +516,7 @@ class MeterAgent:
             except ProtocolError as exc:
                 self._refuse(topic, exc)
                 return None
-            self._reply_with(
-                msg.round, self.topics.secagg_up(self.meter), sa.encode(reply), reply.stage
-            )
+            self._reply_secagg(msg.round, reply)
         else:
             self._drop(topic, f"unexpected {type(msg).__name__}")
         return None
@@ -536,9 +532,7 @@ class MeterAgent:
         except ProtocolError as exc:
             self._refuse(topic, exc)
             return
-        self._reply_with(
-            msg.round, self.topics.secagg_up(self.meter), sa.encode(reply), reply.stage
-        )
+        self._reply_secagg(msg.round, reply)
 
     async def _share_when_launched(self, topic: str, msg: sa.ShareRequest, offload: bool) -> None:
         await self.pool.launched(msg.round)
@@ -604,9 +598,7 @@ class MeterAgent:
         if self.pool.quantized is not None and client.quantized is not None:
             self.pool.quantized.setdefault(msg.round, {})[self.meter] = client.quantized
         self._answered(msg.round, answer, masked.digest)
-        self._reply_with(
-            msg.round, self.topics.secagg_up(self.meter), sa.encode(masked), masked.stage
-        )
+        self._reply_secagg(msg.round, masked)
 
     def _resend_reply(self, *, always: bool = False) -> None:
         """Send the last answer again: ``always`` for a repeated announcement (the
@@ -620,6 +612,10 @@ class MeterAgent:
             return
         self._resent_on = self.connection.connects
         self._send(last[2], last[1])
+
+    def _reply_secagg(self, round_: int, msg: sa.MeterMessage) -> None:
+        """Send this meter's SecAgg+ answer to ``round_`` (see _reply_with)."""
+        self._reply_with(round_, self.topics.secagg_up(self.meter), sa.encode(msg), msg.stage)
 
     def _reply_with(
         self, round_: int, topic: str, payload: bytes, stage: sa.Stage | None = None

@@ -49,7 +49,7 @@ import logging
 import secrets
 import struct
 from collections.abc import Callable, Mapping
-from typing import Final, cast
+from typing import Final, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -183,24 +183,44 @@ def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
 
 
 _RoundView = tuple[Mapping[int, frozenset[int]], frozenset[int], frozenset[int]]
+_UnmaskView = tuple[frozenset[int], frozenset[int], frozenset[int]]
 
-_round_views: dict[bytes, tuple[AdvertiseRequest, _RoundView]] = {}
-"""The last few round openings checked in this process, by signature (see _round_view).
-Only the event loop's thread touches it: :meth:`SecAggClient.advertise` is never
-offloaded to a worker thread (the agents call it as they read the announcement)."""
+_R = TypeVar("_R", AdvertiseRequest, UnmaskRequest)
+_V = TypeVar("_V")
+
+_views: dict[bytes, tuple[ServerMessage, object]] = {}
+"""What the last few broadcast requests checked in this process gave, by signature
+(see _per_request). Only the event loop's thread touches it: :meth:`SecAggClient.
+advertise` and :meth:`SecAggClient.unmask` are never offloaded to a worker thread
+(the agents call them as they read the request)."""
+
+
+def _per_request(request: _R, compute: Callable[[_R], _V]) -> _V:
+    """``compute(request)``, once per process and request.
+
+    A broadcast request names every meter of the round and every meter of a process
+    gets the same one: work that grows with its size is done once, not by each
+    meter (O(n) per meter would be O(n^2) per round). An equal request, the
+    signature included, finds the first result; a failure is not remembered.
+    """
+    seen = _views.get(request.sig)
+    if seen is not None and seen[0] == request:
+        return cast(_V, seen[1])
+    view = compute(request)
+    if len(_views) >= 8:
+        del _views[next(iter(_views))]
+    _views[request.sig] = (request, view)
+    return view
 
 
 def _round_view(request: AdvertiseRequest) -> _RoundView:
     """Check a round opening's parameters and return its graph, selected meters and
-    meters ready; raise :class:`ProtocolError` for parameters that weaken privacy.
+    meters ready; raise :class:`ProtocolError` for parameters that weaken privacy
+    (once per process and opening: see _per_request)."""
+    return _per_request(request, _check_round)
 
-    The work grows with the number of meters, and every meter of a process gets the
-    same opening: it is done once per process and opening (an equal request, the
-    signature included, finds the result of the first), not 500 times.
-    """
-    seen = _round_views.get(request.sig)
-    if seen is not None and seen[0] == request:
-        return seen[1]
+
+def _check_round(request: AdvertiseRequest) -> _RoundView:
     p = request.params
     n = len(p.meters)
     selected = frozenset(p.meters)
@@ -215,31 +235,17 @@ def _round_view(request: AdvertiseRequest) -> _RoundView:
         raise ProtocolError(
             f"threshold {p.threshold} is not a majority of {p.neighbors} neighbours"
         )
-    view = (neighbor_graph(p.meters, p.neighbors, p.graph_seed), selected, frozenset(request.ready))
-    if len(_round_views) >= 8:
-        del _round_views[next(iter(_round_views))]
-    _round_views[request.sig] = (request, view)
-    return view
-
-
-_UnmaskView = tuple[frozenset[int], frozenset[int], frozenset[int]]
-
-_unmask_views: dict[bytes, tuple[UnmaskRequest, _UnmaskView]] = {}
-"""The last few unmasking requests checked in this process, by signature (see
-_unmask_view); like _round_views, touched only by the event loop's thread."""
+    return neighbor_graph(p.meters, p.neighbors, p.graph_seed), selected, frozenset(request.ready)
 
 
 def _unmask_view(request: UnmaskRequest) -> _UnmaskView:
     """An unmasking request's survivors, dropped meters and both together; raise
-    :class:`ProtocolError` if it repeats a meter or names one as both.
+    :class:`ProtocolError` if it repeats a meter or names one as both (once per
+    process and request: see _per_request)."""
+    return _per_request(request, _check_unmask)
 
-    The lists name every meter of the round: the sets are built once per process
-    and request (an equal request, the signature included, finds them), not by
-    each of its meters, which would cost O(n) per meter and O(n^2) per round.
-    """
-    seen = _unmask_views.get(request.sig)
-    if seen is not None and seen[0] == request:
-        return seen[1]
+
+def _check_unmask(request: UnmaskRequest) -> _UnmaskView:
     survivors, dropped = frozenset(request.survivors), frozenset(request.dropped)
     if len(survivors) != len(request.survivors) or len(dropped) != len(request.dropped):
         raise ProtocolError("unmasking request repeats a meter")
@@ -248,11 +254,7 @@ def _unmask_view(request: UnmaskRequest) -> _UnmaskView:
         raise ProtocolError(
             f"unmasking request names meter {min(both)} as both surviving and dropped"
         )
-    view = (survivors, dropped, survivors | dropped)
-    if len(_unmask_views) >= 8:
-        del _unmask_views[next(iter(_unmask_views))]
-    _unmask_views[request.sig] = (request, view)
-    return view
+    return survivors, dropped, survivors | dropped
 
 
 Report = Callable[[bytes, int], bytes]
