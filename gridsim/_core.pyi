@@ -147,6 +147,42 @@ def chacha20poly1305_open(
 ) -> list[bytes | None]:
     """The plaintext of each ``ciphertext || tag``; None where it fails authentication."""
 
+def secagg_share(
+    meter: int,
+    threshold: int,
+    seed_prefix: bytes,
+    key_prefix: bytes,
+    ad_prefix: bytes,
+    enc_sk: bytes,
+    agree_sk: bytes,
+    self_seed: bytes,
+    live_ids: list[int],
+    enc_keys: list[bytes],
+    agree_keys: list[bytes],
+    fresh: bytes,
+) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """A SecAgg+ meter's sharing stage (see ``rust_core/src/bind/secagg_meter.rs``):
+    per neighbour its pairwise mask seed, inbound share key and sealed shares."""
+
+def secagg_prepare(
+    meter: int,
+    threshold: int,
+    ad_prefix: bytes,
+    neighbour_ids: list[int],
+    inbound_keys: list[bytes],
+    pair_seeds: list[bytes],
+    senders: list[int],
+    recipients: list[int],
+    ciphertexts: list[bytes],
+    self_seed: bytes,
+    session: bytes,
+    round: int,
+    d: int,
+    bits: int,
+) -> tuple[list[int], list[bytes], list[bytes], npt.NDArray[np.uint32] | npt.NDArray[np.uint64]]:
+    """A SecAgg+ meter's shares checked and opened, and its masks summed (see
+    ``rust_core/src/bind/secagg_meter.rs``); ProtocolError for a refused share."""
+
 def x25519_engine() -> str:
     """Which engine computes batches of agreements here: "ifma-ladder-x8" or "edwards"."""
 

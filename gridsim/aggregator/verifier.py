@@ -127,6 +127,11 @@ class BatchVerifier:
         results: list[bool] = [False] * sum(len(c) for c, _ in batch) if exc else done.result()
         if exc is not None:
             log.error("signature checks failed to run (%s): their messages are refused", exc)
+        if self._queue:
+            # The next batch verifies on the worker while the loop finishes this one's
+            # messages (a stage's burst of answers: 250 masked inputs take the loop
+            # 6 ms, the next batch's checks the worker 8 ms).
+            self._start()
         at = 0
         for checks, then in batch:
             part, at = results[at : at + len(checks)], at + len(checks)
@@ -134,7 +139,5 @@ class BatchVerifier:
                 then(part)
             except Exception:
                 log.exception("finishing a verified message failed")
-        if self._queue:
-            self._start()
-        elif self._timer is None:
+        if not self._busy and not self._queue and self._timer is None:
             self._idle.set()

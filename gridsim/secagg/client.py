@@ -21,10 +21,13 @@ last is a replay.
 Cryptography, per round (Bonawitz et al. 2017, Bell et al. 2020): two fresh X25519
 key pairs, one whose agreement key derives the pairwise mask seeds (HKDF-SHA256 with
 :func:`pairwise_seed_info`), one whose agreement key derives the per-direction
-ChaCha20-Poly1305 keys that encrypt Shamir shares (:func:`share_key_info`), all in
-one call to the Rust core (:func:`derive_pair_keys`); a fresh
+ChaCha20-Poly1305 keys that encrypt Shamir shares (:func:`share_key_info`); a fresh
 32-byte self-mask seed. The self-mask seed and the mask-agreement private key are
-each Shamir-shared among the meter's neighbours with the round's threshold.
+each Shamir-shared among the meter's neighbours with the round's threshold. A
+meter's sharing stage (the sharings, its key agreements and the encryption of
+every neighbour's shares) is one call to the Rust core, and so is the preparation
+of its masked input (the shares it receives checked and decrypted, its masks
+summed); :func:`derive_pair_keys` is the key schedule alone, for the server.
 
 Advertising ahead: with its unmasking response a meter sends the advertisement of
 fresh keys for the next round (``UnmaskResponse.next``, signed on its own and bound
@@ -49,7 +52,7 @@ import logging
 import secrets
 import struct
 from collections.abc import Callable, Mapping
-from typing import Final, TypeVar, cast
+from typing import Final, NamedTuple, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -87,7 +90,6 @@ SHARE_KEY_INFO: Final = b"gridsim/secagg/v1/share-encryption-key\x00"
 SHARE_AD: Final = b"gridsim/secagg/v1/share\x00"
 SEED_COMMITMENT_DOMAIN: Final = b"gridsim/secagg/v1/self-mask-seed-commitment\x00"
 NONCE_LEN: Final = 12
-TAG_LEN: Final = 16
 
 
 @functools.lru_cache(maxsize=64)
@@ -100,52 +102,27 @@ _IDS: Final = struct.Struct("<II")
 """Two meter ids, as the labels below end: 4 bytes each, little-endian."""
 
 
-class _Labels:
-    """One meter's HKDF infos and AD strings of one round, for many peers at once.
+class _Labels(NamedTuple):
+    """The prefixes of one round's HKDF infos and AEAD associated data: each a
+    domain tag and the round's context (:func:`_context`). A pair's label is a
+    prefix and two meter ids (:data:`_IDS`): :func:`pairwise_seed_info`,
+    :func:`share_key_info` and :func:`share_ad` build them one at a time, and the
+    Rust core (``secagg_share``, ``secagg_prepare``) a meter's all at once."""
 
-    Each is a domain tag, the round's context (:func:`_context`) and two meter ids
-    (:data:`_IDS`); :func:`pairwise_seed_info`, :func:`share_key_info` and
-    :func:`share_ad` are the one-peer case. Built from one prefix per label: a
-    meter makes about 100 of them per round, and a function call and four
-    concatenations each cost more than its key agreements' HKDF (500 meters, Zen 5:
-    32 -> 9 ms a round).
-    """
+    seed_prefix: bytes
+    key_prefix: bytes
+    ad_prefix: bytes
 
-    __slots__ = ("_ad", "_key", "_seed", "_u")
 
-    def __init__(self, session: str, round: int, meter: int) -> None:
-        ctx = _context(session, round)
-        self._seed, self._key, self._ad = (
-            PAIRWISE_SEED_INFO + ctx,
-            SHARE_KEY_INFO + ctx,
-            SHARE_AD + ctx,
-        )
-        self._u = meter
-
-    def seed_infos(self, peers: list[int]) -> list[list[bytes]]:
-        """Per peer, the one info of its pairwise mask seed."""
-        u, pre, pack = self._u, self._seed, _IDS.pack
-        return [[pre + (pack(u, v) if u < v else pack(v, u))] for v in peers]
-
-    def share_key_infos(self, peers: list[int]) -> list[list[bytes]]:
-        """Per peer, the infos of the share keys to it and from it."""
-        u, pre, pack = self._u, self._key, _IDS.pack
-        return [[pre + pack(u, v), pre + pack(v, u)] for v in peers]
-
-    def ads_to(self, peers: list[int]) -> list[bytes]:
-        """Per peer, the AD of the shares this meter sends it."""
-        u, pre, pack = self._u, self._ad, _IDS.pack
-        return [pre + pack(u, v) for v in peers]
-
-    def ads_from(self, peers: list[int]) -> list[bytes]:
-        """Per peer, the AD of the shares it sends this meter."""
-        u, pre, pack = self._u, self._ad, _IDS.pack
-        return [pre + pack(v, u) for v in peers]
+@functools.lru_cache(maxsize=64)
+def _labels(session: str, round: int) -> _Labels:
+    ctx = _context(session, round)
+    return _Labels(PAIRWISE_SEED_INFO + ctx, SHARE_KEY_INFO + ctx, SHARE_AD + ctx)
 
 
 def pairwise_seed_info(session: str, round: int, a: int, b: int) -> bytes:
     """HKDF ``info`` of the mask seed of meters ``a`` and ``b`` (the unordered pair)."""
-    return _Labels(session, round, a).seed_infos([b])[0][0]
+    return _labels(session, round).seed_prefix + _IDS.pack(min(a, b), max(a, b))
 
 
 def derive_pair_keys(
@@ -167,12 +144,12 @@ def derive_pair_keys(
 
 def share_key_info(session: str, round: int, sender: int, recipient: int) -> bytes:
     """HKDF ``info`` of the key of shares sent from ``sender`` to ``recipient``."""
-    return _Labels(session, round, sender).share_key_infos([recipient])[0][0]
+    return _labels(session, round).key_prefix + _IDS.pack(sender, recipient)
 
 
 def share_ad(session: str, round: int, sender: int, recipient: int) -> bytes:
     """Associated data of a share ciphertext: who sent it to whom, in which round."""
-    return _Labels(session, round, sender).ads_to([recipient])[0]
+    return _labels(session, round).ad_prefix + _IDS.pack(sender, recipient)
 
 
 def seed_commitment(session: str, round: int, meter: int, seed: bytes) -> bytes:
@@ -486,50 +463,38 @@ class SecAggClient:
             raise ProtocolError(
                 f"only {len(live)} neighbours advertised keys, threshold is {p.threshold}"
             )
-        xs = [v + 1 for v in live]
         # One draw for the round's Shamir coefficients and nonces: each draw is a
         # system call, and under a busy GIL every call costs a hand-over.
         fresh = self._random_bytes(64 + NONCE_LEN * len(live))
-        nonces = [fresh[64 + i * NONCE_LEN : 64 + (i + 1) * NONCE_LEN] for i in range(len(live))]
-        seed_shares = masking.shamir_split(
-            self._self_seed, p.threshold, len(live), fresh[:32], xs=xs
-        )
-        key_shares = masking.shamir_split(
-            self._agree_sk, p.threshold, len(live), fresh[32:64], xs=xs
-        )
+        # In one call to the Rust core (GIL released): the self-mask seed and the
+        # mask key Shamir-shared at x = id + 1 (coefficients from ChaCha20 seeded by
+        # fresh[:32] and fresh[32:64]); with each neighbour, the pairwise mask seed
+        # and from one share-key agreement the keys of both directions (this meter's
+        # shares for v, v's shares for this meter), labelled as _Labels says; each
+        # neighbour's two shares sealed under the next 12 bytes of fresh as nonce. A
+        # degenerate advertised key raises ProtocolError naming its owner.
         u = self.meter
-        labels = _Labels(self.session, self._last_round, u)
-        # Every agreement of the round and its HKDF keys in one call: per neighbour the
-        # pairwise mask seed, and from one share-key agreement the keys of both
-        # directions (this meter's shares for v, v's shares for this meter).
-        derived = derive_pair_keys(
-            [self._agree_sk] * len(live) + [self._enc_sk] * len(live),
-            [adverts[v].agree_key for v in live] + [adverts[v].enc_key for v in live],
-            labels.seed_infos(live) + labels.share_key_infos(live),
-            live + live,
-        )
-        pair_seeds: dict[int, bytes] = {}
-        inbound_keys: dict[int, bytes] = {}
-        keys: list[bytes] = []
-        plaintexts: list[bytes] = []
-        for v, s_share, k_share, (seed,), (key, inbound) in zip(
+        labels = _labels(self.session, self._last_round)
+        seeds, inbound, sealed = _core.secagg_share(
+            u,
+            p.threshold,
+            labels.seed_prefix,
+            labels.key_prefix,
+            labels.ad_prefix,
+            self._enc_sk,
+            self._agree_sk,
+            self._self_seed,
             live,
-            seed_shares,
-            key_shares,
-            derived[: len(live)],
-            derived[len(live) :],
-            strict=True,
-        ):
-            pair_seeds[v], inbound_keys[v] = seed, inbound
-            keys.append(key)
-            plaintexts.append(s_share + k_share)
-        # Every neighbour's ciphertext in one call to the Rust core (at SecAgg+
-        # degrees a few microseconds, for which it keeps the GIL).
-        sealed = _core.chacha20poly1305_seal(keys, nonces, plaintexts, labels.ads_to(live))
+            [adverts[v].enc_key for v in live],
+            [adverts[v].agree_key for v in live],
+            fresh,
+        )
         out = [
-            EncryptedShare(sender=u, recipient=v, ciphertext=nonce + ct)
-            for v, nonce, ct in zip(live, nonces, sealed, strict=True)
+            EncryptedShare(sender=u, recipient=v, ciphertext=ct)
+            for v, ct in zip(live, sealed, strict=True)
         ]
+        pair_seeds = dict(zip(live, seeds, strict=True))
+        inbound_keys = dict(zip(live, inbound, strict=True))
         self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
         reply = ShareKeys(
@@ -593,53 +558,34 @@ class SecAggClient:
         p = self.params
         if request.recipient != self.meter:
             raise ProtocolError(f"masked-input request addressed to meter {request.recipient}")
-        held: dict[int, tuple[bytes, bytes]] = {}
-        # Every share this meter holds has the round's threshold and its own x.
-        header = masking.share_header(p.threshold, self.meter + 1)
-        senders = [es.sender for es in request.shares]
-        seen: set[int] = set()
-        for v, es in zip(senders, request.shares, strict=True):
-            if es.recipient != self.meter or v not in self._inbound_keys or v in seen:
-                raise ProtocolError(f"unexpected or repeated share from meter {v}")
-            if len(es.ciphertext) < NONCE_LEN + TAG_LEN:
-                raise ProtocolError(f"share from meter {v} is too short to be a ciphertext")
-            seen.add(v)
-        # Every share decrypted in one call to the Rust core.
-        opened = _core.chacha20poly1305_open(
-            [self._inbound_keys[v] for v in senders],
-            [es.ciphertext[:NONCE_LEN] for es in request.shares],
-            [es.ciphertext[NONCE_LEN:] for es in request.shares],
-            _Labels(self.session, self._last_round, self.meter).ads_from(senders),
-        )
-        for v, plain in zip(senders, opened, strict=True):
-            if plain is None:
-                raise ProtocolError(f"share from meter {v} fails authentication")
-            s_share, k_share = plain[: masking.SHARE_LEN], plain[masking.SHARE_LEN :]
-            if (
-                len(plain) != 2 * masking.SHARE_LEN
-                or s_share[1:9] != header
-                or k_share[1:9] != header
-            ):
-                raise ProtocolError(f"share from meter {v} is not for this meter and round")
-            held[v] = (s_share, k_share)
-        if len(held) < p.threshold:
-            raise ProtocolError(
-                f"only {len(held)} neighbours shared their secrets, threshold is {p.threshold}"
-            )
-        # The self mask plus one pairwise mask per neighbour that shared (added when
-        # this meter has the lower id, subtracted otherwise), summed modulo 2^bits.
-        partners = sorted(held)
-        mask = cast(masking.MaskArray, np.zeros(p.d, dtype=words_dtype(p.bits)))
-        masking.expand_masks(
-            mask,
-            [self._self_seed] + [self._pair_seeds[v] for v in partners],
-            [1] + [1 if self.meter < v else -1 for v in partners],
+        # In one call to the Rust core (GIL released), with the checks in this
+        # order: each share comes from a distinct neighbour, to this meter, long
+        # enough to be a ciphertext; it authenticates under the key agreed with its
+        # sender and the associated data naming both (share_ad); both shares inside
+        # have the round's threshold and this meter's x; at least threshold
+        # neighbours shared. Then the masks: the self mask plus one pairwise mask
+        # per neighbour that shared (added when this meter has the lower id,
+        # subtracted otherwise), summed modulo 2^bits. A refusal raises
+        # ProtocolError naming the first offending sender.
+        shares = request.shares
+        ids = list(self._inbound_keys)
+        held_ids, seed_shares, key_shares, mask = _core.secagg_prepare(
+            self.meter,
+            p.threshold,
+            _labels(self.session, self._last_round).ad_prefix,
+            ids,
+            list(self._inbound_keys.values()),
+            [self._pair_seeds[v] for v in ids],
+            [es.sender for es in shares],
+            [es.recipient for es in shares],
+            [es.ciphertext for es in shares],
+            self._self_seed,
             self.session.encode(),
             self._last_round,
-            streams=[masking.self_stream_id(self.meter)]
-            + [masking.pair_stream_id(self.meter, v) for v in partners],
-            bits=p.bits,
+            p.d,
+            p.bits,
         )
+        held = dict(zip(held_ids, zip(seed_shares, key_shares, strict=True), strict=True))
         self._prepared = (request.sig, held, mask)
 
     def _masked(

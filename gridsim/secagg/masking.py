@@ -328,14 +328,6 @@ def shamir_combine(shares: Sequence[bytes]) -> bytes:
     return _core.shamir_combine([bytes(s) for s in shares])
 
 
-def share_header(threshold: int, x: int) -> bytes:
-    """Bytes ``1:9`` of every share of a sharing with ``threshold`` evaluated at ``x``.
-
-    Comparing ``share[1:9]`` with it checks both at once (see :func:`share_x`).
-    """
-    return threshold.to_bytes(4, "little") + x.to_bytes(4, "little")
-
-
 def share_x(share: bytes) -> int:
     """The x-coordinate a share was evaluated at (no verification)."""
     if len(share) != SHARE_LEN:

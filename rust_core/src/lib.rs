@@ -12,6 +12,7 @@ pub mod memo;
 pub mod merkle;
 pub mod prg;
 pub mod quant;
+pub mod secagg_meter;
 pub mod shamir;
 pub mod x25519;
 

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +24,7 @@ from gridsim.secagg.client import (
     PAIRWISE_SEED_INFO,
     SHARE_AD,
     SHARE_KEY_INFO,
-    _Labels,
+    _labels,
     derive_pair_keys,
     pairwise_seed_info,
     share_ad,
@@ -87,12 +88,12 @@ def test_batched_pair_keys_equal_openssl_agreement_and_hkdf(
     u=st.integers(0, 2**32 - 1),
     peers=st.lists(st.integers(0, 2**32 - 1), max_size=5),
 )
-def test_a_meters_batched_labels_equal_the_documented_ones(
+def test_labels_have_the_documented_layout(
     session: str, round_: int, u: int, peers: list[int]
 ) -> None:
-    """The client builds its HKDF infos and AEAD ADs in batches: the same bytes as
-    the one-peer functions, and both are the documented layout: domain tag, session
-    length (u32 LE), session (UTF-8), round (u64 LE), two meter ids (u32 LE each)."""
+    """The HKDF infos and AEAD associated data of a pair are the documented layout:
+    domain tag, session length (u32 LE), session (UTF-8), round (u64 LE), two meter
+    ids (u32 LE each); the Rust core appends the ids to the same prefixes."""
     s = session.encode()
     ctx = len(s).to_bytes(4, "little") + s + round_.to_bytes(8, "little")
 
@@ -105,14 +106,49 @@ def test_a_meters_batched_labels_equal_the_documented_ones(
         assert pairwise_seed_info(session, round_, v, u) == layout(PAIRWISE_SEED_INFO, lo, hi)
         assert share_key_info(session, round_, u, v) == layout(SHARE_KEY_INFO, u, v)
         assert share_ad(session, round_, v, u) == layout(SHARE_AD, v, u)
-    labels = _Labels(session, round_, u)
-    assert labels.seed_infos(peers) == [[pairwise_seed_info(session, round_, u, v)] for v in peers]
-    assert labels.share_key_infos(peers) == [
-        [share_key_info(session, round_, u, v), share_key_info(session, round_, v, u)]
-        for v in peers
-    ]
-    assert labels.ads_to(peers) == [share_ad(session, round_, u, v) for v in peers]
-    assert labels.ads_from(peers) == [share_ad(session, round_, v, u) for v in peers]
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=keys, b=keys, c=keys, seed=keys, round_=st.integers(0, 2**40))
+def test_a_meters_sharing_stage_equals_openssl_and_the_documented_labels(
+    a: bytes, b: bytes, c: bytes, seed: bytes, round_: int
+) -> None:
+    """The Rust core's sharing stage, checked against ``cryptography``: each pairwise
+    seed and inbound key is X25519 + HKDF with the documented labels, and each
+    neighbour opens its ciphertext with OpenSSL's ChaCha20-Poly1305 under the
+    outbound key and the documented associated data, to the meter's Shamir shares
+    at x = id + 1 (the same as ``shamir_split`` with the same coefficient seed)."""
+    u, peers = 6, [2, 9]
+    enc, agree = X25519PrivateKey.from_private_bytes(a), X25519PrivateKey.from_private_bytes(b)
+    theirs = [X25519PrivateKey.from_private_bytes(bytes([i]) + c[1:]) for i in (1, 2)]
+    fresh = bytes(range(64)) + bytes(range(100, 124))
+    labels = _labels("sess", round_)
+    seeds, inbound, sealed = _core.secagg_share(
+        u,
+        2,
+        *labels,
+        a,
+        b,
+        seed,
+        peers,
+        [public_bytes(k) for k in theirs],
+        [public_bytes(k) for k in theirs],
+        fresh,
+    )
+    seed_shares = _core.shamir_split(seed, 2, [v + 1 for v in peers], fresh[:32])
+    key_shares = _core.shamir_split(b, 2, [v + 1 for v in peers], fresh[32:64])
+    for i, (v, k) in enumerate(zip(peers, theirs, strict=True)):
+        assert seeds[i] == pairwise_seed(agree, public_bytes(k), "sess", round_, u, v)
+        assert seeds[i] == pairwise_seed(k, public_bytes(agree), "sess", round_, v, u)
+        assert inbound[i] == share_key(k, public_bytes(enc), "sess", round_, v, u)
+        nonce, ct = sealed[i][:12], sealed[i][12:]
+        assert nonce == fresh[64 + 12 * i : 76 + 12 * i]
+        outbound = share_key(enc, public_bytes(k), "sess", round_, u, v)
+        plain = ChaCha20Poly1305(outbound).decrypt(nonce, ct, share_ad("sess", round_, u, v))
+        assert plain == seed_shares[i] + key_shares[i]
+    assert labels.seed_prefix + (2).to_bytes(4, "little") + (6).to_bytes(4, "little") == (
+        pairwise_seed_info("sess", round_, u, 2)
+    )
 
 
 def test_batched_pair_keys_name_the_meter_with_a_degenerate_key() -> None:

@@ -11,6 +11,7 @@ mod ed25519;
 mod fedavg;
 mod masking;
 mod merkle;
+mod secagg_meter;
 mod x25519;
 
 /// Converts a core error into the matching exception of `gridsim.exceptions`.
@@ -80,6 +81,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dgauss::register(m)?;
     ed25519::register(m)?;
     masking::register(m)?;
+    secagg_meter::register(m)?;
     x25519::register(m)?;
     Ok(())
 }
