@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Coroutine, Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -136,7 +136,7 @@ class MeterAgent:
         if topic in (self.topics.secagg, self.topics.secagg_to(self.meter)):
             return self._on_secagg(topic, payload)
         try:
-            msg = codec.decode(payload)
+            msg = _ANNOUNCEMENTS(payload) if topic == self.topics.round else codec.decode(payload)
         except MessageError as exc:
             self._drop(topic, str(exc))
             return None
@@ -325,7 +325,7 @@ class MeterAgent:
         assert client is not None
         topic = self.topics.round
         try:
-            msg = sa.decode(payload)
+            msg = _OPENINGS(payload)
             if not isinstance(msg, sa.AdvertiseRequest):
                 raise ProtocolError(f"the announcement carries a {type(msg).__name__}")
             advert = client.advertise(msg)
@@ -463,7 +463,7 @@ class MeterAgent:
         if client is None:
             return None  # no secure round has begun for this meter
         try:
-            msg = sa.decode(payload)
+            msg = _BROADCASTS(payload) if topic == self.topics.secagg else sa.decode(payload)
         except GridsimError as exc:
             self._drop(topic, str(exc))
             return None
@@ -548,10 +548,12 @@ class MeterAgent:
         self._share(topic, msg, shared)
 
     def _prepare(self, topic: str, msg: sa.MaskedInputRequest, *, prepared: bool = False) -> None:
-        """Shares, masks and the next round's keys while the training runs; afterwards
-        masking is one addition. The masked input goes out when both the training
-        answer and this request are here, whichever is last: the handler does not
-        wait, so the meter's other messages are not held up behind its training.
+        """Shares, masks, the next round's keys and the unmasking answer (for a round
+        in which no neighbour drops) while the training runs; afterwards masking is
+        one addition and unmasking, most often, a lookup. The masked input goes out
+        when both the training answer and this request are here, whichever is last:
+        the handler does not wait, so the meter's other messages are not held up
+        behind its training.
         (``prepared``: the masks were prepared in a thread already.)"""
         client = self._secagg
         assert client is not None
@@ -559,6 +561,7 @@ class MeterAgent:
             if not prepared:
                 client.prepare_masked_input(msg)
             client.prepare_next_keys()
+            client.prepare_unmask_answer()
         except ProtocolError as exc:
             self._refuse(topic, exc)
             return
@@ -703,6 +706,38 @@ async def run_fleet(
         "budget_refusals": sum(a.budget_refusals for a in agents),
     }
 
+
+_M = TypeVar("_M")
+
+
+class _SharedDecode(Generic[_M]):
+    """``decode`` of a broadcast topic's payloads, once per process and payload.
+
+    Every meter of a process gets its own copy of each broadcast (the round's
+    announcement, the SecAgg+ opening inside it, the unmasking request), and each
+    decoded it: 500 decodings of the same bytes, and for a SecAgg+ request each
+    copy then compared field by field with the one the memo of checked requests
+    holds, where the same object compares at once. The last payload and what it
+    decoded to are kept; an equal payload gets that (frozen) message. A payload
+    that fails to decode is not kept.
+    """
+
+    def __init__(self, decode: Callable[[bytes], _M]) -> None:
+        self._decode = decode
+        self._last: tuple[bytes, _M] | None = None
+
+    def __call__(self, payload: bytes) -> _M:
+        last = self._last
+        if last is not None and last[0] == payload:
+            return last[1]
+        msg = self._decode(payload)
+        self._last = (payload, msg)
+        return msg
+
+
+_ANNOUNCEMENTS = _SharedDecode(codec.decode)
+_OPENINGS = _SharedDecode(sa.decode)
+_BROADCASTS = _SharedDecode(sa.decode)
 
 _EXPECTED: dict[tuple[TrainingPool, str, int, bool], int] = {}
 

@@ -234,6 +234,7 @@ class SecAggServer:
         self._responses: dict[int, UnmaskResponse] = {}
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
+        self._dropped_set: frozenset[int] = frozenset()
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -499,15 +500,18 @@ class SecAggServer:
         u = msg.meter
         mine = self._graph[u]
         # The unmasking stage expects exactly the survivors (a set built once).
-        survivors, dropped = self._expected, set(self._dropped)
-        seed_owners = [r.owner for r in msg.seed_shares]
-        key_owners = [r.owner for r in msg.key_shares]
-        if len(set(seed_owners)) != len(seed_owners) or len(set(key_owners)) != len(key_owners):
+        survivors, dropped = self._expected, self._dropped_set
+        seed_owners = {r.owner for r in msg.seed_shares}
+        key_owners = {r.owner for r in msg.key_shares}
+        if len(seed_owners) != len(msg.seed_shares) or len(key_owners) != len(msg.key_shares):
             raise ProtocolError(f"meter {u} repeats a share")
-        if not set(seed_owners) <= (mine & survivors) or not set(key_owners) <= (mine & dropped):
+        if not seed_owners <= (mine & survivors) or not key_owners <= (mine & dropped):
             raise ProtocolError(f"meter {u} reveals shares it was not asked for")
+        # Its own shares: each the right length and evaluated at x = u + 1 (bytes
+        # 5:9, see masking.share_x), compared as bytes, 24 of them per answer.
+        x = (u + 1).to_bytes(4, "little")
         for r in (*msg.seed_shares, *msg.key_shares):
-            if masking.share_x(r.share) != u + 1:
+            if len(r.share) != masking.SHARE_LEN or r.share[5:9] != x:
                 raise ProtocolError(f"meter {u} reveals a share that is not its own")
         self._responses[u] = msg
         if msg.next is not None:
@@ -596,6 +600,7 @@ class SecAggServer:
             return short
         self._survivors = tuple(sorted(self._inputs))
         self._dropped = tuple(sorted(set(self._shares) - set(self._inputs)))
+        self._dropped_set = frozenset(self._dropped)
         self._open(Stage.UNMASK, frozenset(self._survivors), now)
         v, s, r, st, sig = self._request_fields(Stage.UNMASK)
         request = UnmaskRequest(

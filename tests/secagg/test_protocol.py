@@ -112,8 +112,9 @@ def run_round(
     ``fed.requests``) and return the outbox that carried them. With ``refusals``, a
     meter that refuses a request (ProtocolError) goes silent, as over a real
     transport, and the reason is appended; without it the error propagates. With
-    ``prepare``, meters prepare their masks and next round's keys (twice) before
-    masking, as the agent does while it trains (the keys go to ``fed.next_keys``).
+    ``prepare``, meters prepare their masks, next round's keys and unmasking answers
+    (twice) before masking, as the agent does while it trains (the keys go to
+    ``fed.next_keys``).
     With ``gone_known``, the transport knows who went silent (their connection
     dropped, say) and each stage closes before its deadline.
     """
@@ -151,6 +152,8 @@ def run_round(
                         client.prepare_masked_input(req)
                         made = client.prepare_next_keys()
                         assert made is not None and client.prepare_next_keys() == made
+                        client.prepare_unmask_answer()
+                        client.prepare_unmask_answer()
                         fed.next_keys[m] = made
                     reply = client.masked_input(req, inputs[m])
                 else:
@@ -664,6 +667,36 @@ def test_masks_prepared_before_the_input_give_the_exact_sum() -> None:
     out = run_round(fed, 1, inputs_for(fed), drop, prepare=True)
     assert out.result is not None and out.result.verified is True
     assert len(out.result.dropped) == 3
+
+
+def test_an_unmasking_answer_built_ahead_goes_only_when_no_neighbour_dropped() -> None:
+    fed = federation(40, _config(40, neighbors=12))
+    inputs = inputs_for(fed)
+    dropped = sorted(fed.clients)[0]
+    out = run_round(
+        fed, 1, inputs, {Stage.MASKED_INPUT: {dropped}}, prepare=True, until=Stage.UNMASK
+    )
+    request = _wire(out.broadcast)
+    assert isinstance(request, msg.UnmaskRequest) and request.dropped == [dropped]
+    for m in request.survivors:
+        client = fed.clients[m]
+        built = client._answer_ahead
+        assert built is not None  # every survivor prepared one while "training"
+        reply = client.unmask(request)
+        if dropped in client.neighbors:
+            # Its neighbour dropped: the answer is made now, with that one's key share.
+            assert reply is not built[1]
+            assert [r.owner for r in reply.key_shares] == [dropped]
+        else:
+            assert reply is built[1] and reply.key_shares == []
+        assert reply.next is fed.next_keys[m]
+        msg.verify_signature(reply, fed.meter_keys[m].public_key())
+        fed.server.receive(_wire(reply), 0.0)
+    neighbours = [dropped in fed.clients[m].neighbors for m in request.survivors]
+    assert any(neighbours) and not all(neighbours)
+    plaintext = {m: c.quantized for m, c in fed.clients.items() if c.quantized is not None}
+    result = fed.server.close_stage(0.0, plaintext=plaintext).result
+    assert result is not None and result.verified is True
 
 
 def _masked_input_request(
