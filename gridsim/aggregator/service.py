@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gridsim import signatures
 from gridsim.aggregator.fedavg_round import FedAvgRound, RoundOutcome
-from gridsim.aggregator.verifier import BatchVerifier, Check
+from gridsim.aggregator.verifier import AnyCheck, BatchVerifier, Check, DigestCheck
 from gridsim.exceptions import (
     ConfigError,
     GridsimError,
@@ -351,8 +351,13 @@ class Aggregator:
         arrived = time.monotonic()
         report = None
         # Each check with what its failure means, and whether the protocol records it.
-        checks: list[tuple[str, bool, Check]] = []
+        checks: list[tuple[str, bool, AnyCheck]] = []
         if isinstance(msg, sa.MaskedInput):
+            # First, as SecAggServer.receive would: a vector swapped under a genuine
+            # signature fails here, not on its signature.
+            checks.append(
+                ("masked input does not match its SHA-256", True, DigestCheck(msg.data, msg.digest))
+            )
             report, reason = self._masked_input_report(meter, msg)
             if reason is not None:
                 self._reject(topic, reason)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final, NamedTuple
@@ -51,6 +51,37 @@ class Check(NamedTuple):
     signature: bytes
 
 
+class DigestCheck(NamedTuple):
+    """That ``data`` hashes to ``digest`` (SHA-256): a masked input's vector, which its
+    signature covers through the digest. Hashed on the worker too (31 kB of a
+    7,876-value input: 16 us, 500 times in the stage the round waits for)."""
+
+    data: bytes
+    digest: bytes
+
+
+AnyCheck = Check | DigestCheck
+
+
+def _run(checks: list[AnyCheck]) -> list[bool]:
+    """Every check's result, in order: the signatures in one call to the Rust core
+    (over rayon's pool from :data:`PARALLEL_MIN` of them), the digests with hashlib
+    (which releases the GIL while it hashes)."""
+    sigs = [c for c in checks if isinstance(c, Check)]
+    verified = iter(
+        _core.ed25519_verify_many(
+            [c.public_key for c in sigs],
+            [c.data for c in sigs],
+            [c.signature for c in sigs],
+            parallel=len(sigs) >= PARALLEL_MIN,
+        )
+    )
+    return [
+        next(verified) if isinstance(c, Check) else hashlib.sha256(c.data).digest() == c.digest
+        for c in checks
+    ]
+
+
 Then = Callable[[list[bool]], None]
 """Called on the loop with each check's result, in the order the checks were given."""
 
@@ -59,7 +90,7 @@ class BatchVerifier:
     """A queue of messages' signature checks, verified in batches on a worker thread."""
 
     def __init__(self) -> None:
-        self._queue: list[tuple[Sequence[Check], Then]] = []
+        self._queue: list[tuple[Sequence[AnyCheck], Then]] = []
         self._queued_checks = 0
         self._busy = False
         self._timer: asyncio.TimerHandle | None = None
@@ -71,7 +102,7 @@ class BatchVerifier:
         self.batches = 0
         self.checks = 0
 
-    def submit(self, checks: Sequence[Check], then: Then) -> None:
+    def submit(self, checks: Sequence[AnyCheck], then: Then) -> None:
         """Verify ``checks`` and call ``then`` with their results (on the loop)."""
         self._queue.append((checks, then))
         self._queued_checks += len(checks)
@@ -105,20 +136,11 @@ class BatchVerifier:
         self.batches += 1
         self.checks += len(flat)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._executor,
-            functools.partial(
-                _core.ed25519_verify_many,
-                [c.public_key for c in flat],
-                [c.data for c in flat],
-                [c.signature for c in flat],
-                parallel=len(flat) >= PARALLEL_MIN,
-            ),
-        )
+        future = loop.run_in_executor(self._executor, _run, flat)
         future.add_done_callback(lambda f: self._finish(batch, f))
 
     def _finish(
-        self, batch: list[tuple[Sequence[Check], Then]], done: asyncio.Future[list[bool]]
+        self, batch: list[tuple[Sequence[AnyCheck], Then]], done: asyncio.Future[list[bool]]
     ) -> None:
         self._busy = False
         if done.cancelled():

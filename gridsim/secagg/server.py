@@ -393,8 +393,9 @@ class SecAggServer:
         Messages arriving after the open stage's deadline (``now > deadline``) are late
         and refused, even before the transport has called :meth:`close_stage`.
         ``signatures_checked`` says that the caller verified every check of
-        :meth:`signature_checks` (in a batch, off the event loop): they are not
-        repeated; everything else is.
+        :meth:`signature_checks`, and a masked input's digest
+        (:func:`~gridsim.secagg.messages.check_digest`), in a batch off the event
+        loop: they are not repeated; everything else is.
         """
         try:
             if self.deadline is not None and now > self.deadline:
@@ -448,7 +449,8 @@ class SecAggServer:
             raise ProtocolError(f"meter {msg.meter} has no part in this stage")
         if msg.meter in self._received():
             raise ProtocolError(f"duplicate {type(msg).__name__} from meter {msg.meter}")
-        check_digest(msg)
+        if not signatures_checked:
+            check_digest(msg)
         ahead = msg.next if isinstance(msg, UnmaskResponse) else None
         if ahead is not None and (ahead.session, ahead.round, ahead.stage, ahead.meter) != (
             self.session,
