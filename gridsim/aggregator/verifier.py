@@ -131,12 +131,19 @@ class BatchVerifier:
         if not batch:
             self._idle.set()
             return
-        self._busy = True
         flat = [c for checks, _ in batch for c in checks]
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, _run, flat)
+        except RuntimeError:
+            # Closed (the aggregator is stopping): the worker takes no more work, and
+            # these messages are not finished. The batch that was running when it
+            # closed still is (see _finish), so this must not raise there.
+            log.debug("verifier closed: %d queued checks dropped", len(flat))
+            return
+        self._busy = True
         self.batches += 1
         self.checks += len(flat)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _run, flat)
         future.add_done_callback(lambda f: self._finish(batch, f))
 
     def _finish(
