@@ -52,7 +52,7 @@ import logging
 import secrets
 import struct
 from collections.abc import Callable, Collection, Mapping
-from typing import Final, NamedTuple, TypeVar, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,7 @@ from gridsim.secagg import masking
 from gridsim.secagg.graph import min_degree, neighbor_graph, resolve_degree, threshold_for
 from gridsim.secagg.messages import (
     SECAGG_WIRE_VERSION,
+    STAGE_OF,
     AdvertiseKeys,
     AdvertiseRequest,
     EncryptedShare,
@@ -163,6 +164,7 @@ _RoundView = tuple[Mapping[int, frozenset[int]], frozenset[int], frozenset[int]]
 _UnmaskView = tuple[frozenset[int], frozenset[int], frozenset[int]]
 
 _R = TypeVar("_R", AdvertiseRequest, UnmaskRequest)
+_Reply = TypeVar("_Reply", AdvertiseKeys, ShareKeys, MaskedInput, UnmaskResponse)
 _V = TypeVar("_V")
 
 _views: dict[bytes, tuple[ServerMessage, object]] = {}
@@ -170,24 +172,6 @@ _views: dict[bytes, tuple[ServerMessage, object]] = {}
 (see _per_request). Only the event loop's thread touches it: :meth:`SecAggClient.
 advertise` and :meth:`SecAggClient.unmask` are never offloaded to a worker thread
 (the agents call them as they read the request)."""
-
-
-_adverts_checked: dict[bytes, tuple[AdvertiseKeys, Ed25519PublicKey]] = {}
-"""Advertisements whose signatures verified in this process, by signature, with the
-key they verified under. Every neighbour of a meter checks its advertisement
-(24 checks per meter and round at degree 24): a found equal advertisement under
-the same key object costs a third of a microsecond, against 1.5 us for the
-general memo of :func:`~gridsim.secagg.messages.verify_signature` (which this
-replaces: the first check of each advertisement goes through it). Sharing runs on
-the event loop's thread, or at classic-SecAgg degrees in worker threads, whose
-writes are single dictionary operations (atomic under the GIL; an entry lost to
-a clear only costs one more check)."""
-
-
-def _remember_advert(adv: AdvertiseKeys, key: Ed25519PublicKey) -> None:
-    if len(_adverts_checked) >= 16384:
-        _adverts_checked.clear()
-    _adverts_checked[adv.sig] = (adv, key)
 
 
 def _per_request(request: _R, compute: Callable[[_R], _V]) -> _V:
@@ -444,18 +428,27 @@ class SecAggClient:
     def _new_keys(self, round: int) -> tuple[AdvertiseKeys, bytes]:
         """Fresh key pairs and self-mask seed for ``round``, and their signed advertisement."""
         fresh = self._random_bytes(64 + masking.SEED_LEN)
-        advert = AdvertiseKeys(
-            v=SECAGG_WIRE_VERSION,
-            session=self.session,
-            round=round,
-            stage=Stage.ADVERTISE,
-            sig=b"",
-            meter=self.meter,
+        advert = self._signed(
+            AdvertiseKeys,
+            round,
             enc_key=_core.x25519_public_key(fresh[:32]),
             agree_key=_core.x25519_public_key(fresh[32:64]),
             seed_commitment=seed_commitment(self.session, round, self.meter, fresh[64:]),
         )
-        return sign(advert, self._signing_key), fresh
+        return advert, fresh
+
+    def _signed(self, kind: type[_Reply], round: int, **fields: Any) -> _Reply:
+        """This meter's message of ``kind`` (in that kind's stage) for ``round``, signed."""
+        msg = kind(
+            v=SECAGG_WIRE_VERSION,
+            session=self.session,
+            round=round,
+            stage=STAGE_OF[kind],
+            sig=b"",
+            meter=self.meter,
+            **fields,
+        )
+        return sign(msg, self._signing_key)
 
     # ---- stage 1: share keys ----------------------------------------------------------
 
@@ -479,10 +472,7 @@ class SecAggClient:
             enrolment = self._peer_keys.get(v)
             if enrolment is None:
                 raise ProtocolError(f"meter {v} is not enrolled")
-            seen = _adverts_checked.get(adv.sig)
-            if seen is None or seen[1] is not enrolment or seen[0] != adv:
-                verify_signature(adv, enrolment)
-                _remember_advert(adv, enrolment)
+            verify_signature(adv, enrolment)
         if len(live) < p.threshold:
             raise ProtocolError(
                 f"only {len(live)} neighbours advertised keys, threshold is {p.threshold}"
@@ -521,16 +511,7 @@ class SecAggClient:
         inbound_keys = dict(zip(live, inbound, strict=True))
         self._pair_seeds, self._inbound_keys = pair_seeds, inbound_keys
         self._expect = Stage.MASKED_INPUT
-        reply = ShareKeys(
-            v=SECAGG_WIRE_VERSION,
-            session=self.session,
-            round=self._last_round,
-            stage=Stage.SHARE,
-            sig=b"",
-            meter=self.meter,
-            shares=out,
-        )
-        return sign(reply, self._signing_key)
+        return self._signed(ShareKeys, self._last_round, shares=out)
 
     # ---- stage 2: masked input --------------------------------------------------------
 
@@ -633,18 +614,7 @@ class SecAggClient:
         self.saturated = saturated
         self.quantized = cast(masking.MaskArray, np.array(values, copy=True))
         self._expect = Stage.UNMASK
-        reply = MaskedInput(
-            v=SECAGG_WIRE_VERSION,
-            session=self.session,
-            round=self._last_round,
-            stage=Stage.MASKED_INPUT,
-            sig=b"",
-            meter=self.meter,
-            data=data,
-            digest=digest,
-            report=extra,
-        )
-        return sign(reply, self._signing_key)
+        return self._signed(MaskedInput, self._last_round, data=data, digest=digest, report=extra)
 
     def prepare_next_keys(self) -> AdvertiseKeys | None:
         """Make the keys the unmasking response will send ahead for the next round,
@@ -698,18 +668,13 @@ class SecAggClient:
                 key_shares.append(RevealedShare(owner=v, share=k_share))
             else:
                 seed_shares.append(RevealedShare(owner=v, share=s_share))
-        reply = UnmaskResponse(
-            v=SECAGG_WIRE_VERSION,
-            session=self.session,
-            round=self._last_round,
-            stage=Stage.UNMASK,
-            sig=b"",
-            meter=self.meter,
+        return self._signed(
+            UnmaskResponse,
+            self._last_round,
             seed_shares=seed_shares,
             key_shares=key_shares,
             next=ahead,
         )
-        return sign(reply, self._signing_key)
 
     # ---- stage 3: unmask --------------------------------------------------------------
 
