@@ -91,10 +91,9 @@ class MeterAgent:
         self._trained: MeterAnswer | None = None
         self._trained_round = -1
         self._masking: tuple[str, sa.MaskedInputRequest] | None = None
-        # The last message sent in answer to a round, (round, topic, payload): sent
-        # again when the aggregator announces that round again, e.g. after a broker
-        # restart, which may have lost it.
-        # The last answer: its round, topic, payload and, for SecAgg+, its stage.
+        # The last answer sent: its round, topic, payload and (SecAgg+) stage; sent
+        # again when the aggregator announces that round or asks for that stage
+        # again, e.g. after a broker restart, which may have lost it.
         self._reply: tuple[int, str, bytes, sa.Stage | None] | None = None
         self._resent_on = -1  # the connection (its count) on which it was sent again
         self._current_round = -1
@@ -325,7 +324,7 @@ class MeterAgent:
         assert client is not None
         topic = self.topics.round
         try:
-            msg = _OPENINGS(payload)
+            msg = _SECAGG_BROADCASTS(payload)
             if not isinstance(msg, sa.AdvertiseRequest):
                 raise ProtocolError(f"the announcement carries a {type(msg).__name__}")
             advert = client.advertise(msg)
@@ -463,7 +462,7 @@ class MeterAgent:
         if client is None:
             return None  # no secure round has begun for this meter
         try:
-            msg = _BROADCASTS(payload) if topic == self.topics.secagg else sa.decode(payload)
+            msg = _SECAGG_BROADCASTS(payload) if topic == self.topics.secagg else sa.decode(payload)
         except GridsimError as exc:
             self._drop(topic, str(exc))
             return None
@@ -736,8 +735,7 @@ class _SharedDecode(Generic[_M]):
 
 
 _ANNOUNCEMENTS = _SharedDecode(codec.decode)
-_OPENINGS = _SharedDecode(sa.decode)
-_BROADCASTS = _SharedDecode(sa.decode)
+_SECAGG_BROADCASTS = _SharedDecode(sa.decode)  # the openings and unmasking requests
 
 _EXPECTED: dict[tuple[TrainingPool, str, int, bool], int] = {}
 

@@ -234,7 +234,6 @@ class SecAggServer:
         self._responses: dict[int, UnmaskResponse] = {}
         self._survivors: tuple[int, ...] = ()
         self._dropped: tuple[int, ...] = ()
-        self._dropped_set: frozenset[int] = frozenset()
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -502,7 +501,7 @@ class SecAggServer:
         u = msg.meter
         mine = self._graph[u]
         # The unmasking stage expects exactly the survivors (a set built once).
-        survivors, dropped = self._expected, self._dropped_set
+        survivors, dropped = self._expected, frozenset(self._dropped)
         seed_owners = {r.owner for r in msg.seed_shares}
         key_owners = {r.owner for r in msg.key_shares}
         if len(seed_owners) != len(msg.seed_shares) or len(key_owners) != len(msg.key_shares):
@@ -602,7 +601,6 @@ class SecAggServer:
             return short
         self._survivors = tuple(sorted(self._inputs))
         self._dropped = tuple(sorted(set(self._shares) - set(self._inputs)))
-        self._dropped_set = frozenset(self._dropped)
         self._open(Stage.UNMASK, frozenset(self._survivors), now)
         v, s, r, st, sig = self._request_fields(Stage.UNMASK)
         request = UnmaskRequest(

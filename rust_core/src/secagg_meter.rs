@@ -164,7 +164,7 @@ pub fn share(
     if let Some(i) = derived.iter().position(Option::is_none) {
         return Err(CoreError::Protocol(format!(
             "meter {} advertised a degenerate X25519 key",
-            live[i % k.max(1)].id
+            live[i % k].id
         )));
     }
     let share_keys: Vec<Vec<[u8; 32]>> = derived.split_off(k).into_iter().flatten().collect();

@@ -508,19 +508,14 @@ def test_a_client_recognises_a_request_it_answered_and_only_a_genuine_one() -> N
     # After a reconnect the aggregator repeats its open request; a meter that
     # answered it sends its answer again instead of refusing it. Only a genuine
     # request of this round, of a stage already answered, counts as such.
-    fed = federation(10, _config(10))
-    inputs = inputs_for(fed)
-    out = run_round(fed, 1, inputs, until=Stage.MASKED_INPUT)
-    m = min(out.direct)
-    client = fed.clients[m]
+    fed, m, client, masked_req = _masked_input_request()
     share_req = fed.requests[Stage.SHARE][m]
-    masked_req = out.direct[m]
     assert client.answered(_wire(share_req))
     forged = msgspec.structs.replace(share_req, sig=bytes(64))
     assert not client.answered(_wire(forged))
     assert not client.answered(_wire(masked_req))  # not answered yet
     assert not client.answered(_wire(fed.replies[Stage.SHARE][m]))  # a meter's message
-    later = run_round(fed, 2, inputs, until=Stage.SHARE)
+    later = run_round(fed, 2, inputs_for(fed), until=Stage.SHARE)
     assert not client.answered(_wire(share_req))  # an earlier round's
     assert not client.answered(_wire(later.direct[m]))  # this round's, not answered
 

@@ -90,6 +90,12 @@ type Prepared<'py> = (
     Bound<'py, PyAny>,
 );
 
+/// A mask vector in the accumulator word of its modulus (u32 up to 32 bits).
+enum Words {
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+}
+
 fn masks<W: MaskWord + numpy::Element + Default + Copy>(
     d: usize,
     meter: u32,
@@ -171,23 +177,20 @@ fn secagg_prepare<'py>(
         round,
         vector: 0,
     };
-    let wide = bits > 32;
-    let (held, mask32, mask64) = py
+    let (held, mask) = py
         .detach(|| {
             let held = secagg_meter::open_held(meter, threshold, ad_prefix, &neighbours, &relayed)?;
-            if wide {
-                let m = masks::<u64>(d, meter, &self_seed, &neighbours, &held, &ctx, bits)?;
-                Ok((held, None, Some(m)))
+            let mask = if bits > 32 {
+                Words::U64(masks(d, meter, &self_seed, &neighbours, &held, &ctx, bits)?)
             } else {
-                let m = masks::<u32>(d, meter, &self_seed, &neighbours, &held, &ctx, bits)?;
-                Ok((held, Some(m), None))
-            }
+                Words::U32(masks(d, meter, &self_seed, &neighbours, &held, &ctx, bits)?)
+            };
+            Ok((held, mask))
         })
         .map_err(|e| to_py_err(py, e))?;
-    let mask: Bound<'py, PyAny> = match (mask32, mask64) {
-        (Some(m), _) => m.into_pyarray(py).into_any(),
-        (_, Some(m)) => m.into_pyarray(py).into_any(),
-        _ => unreachable!("one of the two is computed"),
+    let mask: Bound<'py, PyAny> = match mask {
+        Words::U32(m) => m.into_pyarray(py).into_any(),
+        Words::U64(m) => m.into_pyarray(py).into_any(),
     };
     Ok((
         held.ids,
